@@ -1,0 +1,3 @@
+from automations.cli.app import main
+
+main()

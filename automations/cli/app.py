@@ -1,0 +1,41 @@
+"""The thin typer root: parse arguments, build ``Settings``, call a library function.
+
+Each command group lives in its own module and registers itself here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from automations import __version__
+from automations.cli import automations_cmd, blocks_cmd, deployments_cmd, events_cmd, serve_cmd
+
+app = typer.Typer(
+    name="automations",
+    help="Event-driven automations on Redis Streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Event-driven automations on Redis Streams."""
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+serve_cmd.register(app)
+events_cmd.register(app)
+automations_cmd.register(app)
+blocks_cmd.register(app)
+deployments_cmd.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,147 @@
+"""Events in Prefect 3's grammar, with its limits, serialised with orjson.
+
+A leaf module: it imports nothing of ours but ``errors``, so ``triggers`` can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from automations.errors import EventTooLarge, InvalidEvent
+
+MAX_EVENT_NAME = 1024
+MAX_LABELS = 500
+MAX_RELATED = 100
+MAX_EVENT_BYTES = 1_500_000
+
+RESOURCE_ID = "prefect.resource.id"
+RESOURCE_ROLE = "prefect.resource.role"
+RESOURCE_NAME = "prefect.resource.name"
+
+
+def uuid7() -> UUID:
+    """A time-ordered UUID (RFC 9562 version 7), as Prefect's client generates."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return UUID(int=value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_labels(labels: Mapping[str, Any], where: str) -> None:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{where} has {len(labels)} labels; at most {MAX_LABELS} are allowed")
+    if not labels.get(RESOURCE_ID):
+        raise ValueError(f"{where} needs a non-empty '{RESOURCE_ID}' label")
+
+
+class Event(BaseModel):
+    """One event. Unknown top-level keys (e.g. Prefect's ``received``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+
+    id: UUID = Field(default_factory=uuid7)
+    occurred: datetime = Field(default_factory=utcnow)
+    event: str = Field(min_length=1, max_length=MAX_EVENT_NAME)
+    resource: dict[str, str]
+    related: list[dict[str, str]] = Field(default_factory=list, max_length=MAX_RELATED)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    follows: UUID | None = None
+
+    @field_validator("occurred")
+    @classmethod
+    def _tz_aware(cls, value: datetime) -> datetime:
+        # A naive timestamp is taken as UTC: the grammar is UTC and guessing a local zone is worse.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def _limits(self) -> Event:
+        _check_labels(self.resource, "resource")
+        for i, related in enumerate(self.related):
+            _check_labels(related, f"related[{i}]")
+            if not related.get(RESOURCE_ROLE):
+                raise ValueError(f"related[{i}] needs a non-empty '{RESOURCE_ROLE}' label")
+        return self
+
+    # -- convenience -------------------------------------------------------------------
+    @property
+    def resource_id(self) -> str:
+        return self.resource[RESOURCE_ID]
+
+    def resource_in_role(self, role: str) -> dict[str, str] | None:
+        """The first related resource with ``role`` (Prefect's rule)."""
+        for related in self.related:
+            if related.get(RESOURCE_ROLE) == role:
+                return related
+        return None
+
+    def label(self, name: str) -> str | None:
+        """A resource label, or ``related:<role>:<label>`` of the first related with that role."""
+        if name.startswith("related:"):
+            role, _, label = name[len("related:"):].partition(":")
+            found = self.resource_in_role(role)
+            return None if found is None else found.get(label)
+        return self.resource.get(name)
+
+    # -- serialisation -----------------------------------------------------------------
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        """Parse and validate; any problem becomes one precise ``InvalidEvent``."""
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventTooLarge(f"event is {len(raw)} bytes; at most {MAX_EVENT_BYTES} are allowed")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise InvalidEvent(format_validation_error(exc)) from None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> Event:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidEvent(format_validation_error(exc)) from None
+
+    def encoded(self) -> bytes:
+        """JSON bytes, refusing an event over the size limit (as Prefect's client does)."""
+        raw = self.to_json()
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventTooLarge(
+                f"event '{self.event}' is {len(raw)} bytes; at most {MAX_EVENT_BYTES} are allowed"
+            )
+        return raw
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """``field.path: message`` for every error, joined by ``; ``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"])
+        loc = loc.replace(".[", "[")
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def event_json_schema() -> dict[str, Any]:
+    return Event.model_json_schema()

@@ -1,0 +1,88 @@
+"""The one settings object, read from ``AUTOMATIONS_*`` environment variables and passed down."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "automations"
+
+
+class Settings(BaseSettings):
+    """Every tunable of every service; unknown ``AUTOMATIONS_*`` variables are ignored by
+    pydantic-settings, but unknown constructor arguments are refused (``extra="forbid"``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AUTOMATIONS_", extra="forbid", frozen=True)
+
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL. Unset: use redis://localhost:6379/0 when it answers, "
+        "else `serve` starts an embedded Redis in `data_dir`.",
+    )
+    prefix: str = Field("automations", description="Prefix of every Redis key and stream.")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the embedded Redis keeps its files.",
+    )
+    consumer_name: str = Field(
+        default_factory=_default_consumer,
+        description="This process's consumer name inside the consumer groups.",
+    )
+
+    # Consuming
+    batch_size: int = Field(1000, ge=1, description="Entries read per XREADGROUP.")
+    block_ms: int = Field(1000, ge=1, description="How long one XREADGROUP blocks waiting.")
+    claim_idle_ms: int = Field(
+        30_000, ge=100, description="Entries pending longer than this are reclaimed (XAUTOCLAIM)."
+    )
+    claim_interval_s: float = Field(5.0, gt=0, description="How often to look for stale entries.")
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries before an entry is moved to its dead-letter stream."
+    )
+    dedupe_ttl_s: int = Field(86_400, ge=1, description="How long an event id is remembered.")
+    reconnect_max_s: float = Field(
+        10.0, gt=0, description="Upper bound of the reconnect backoff when Redis is away."
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="How long SIGTERM waits for in-flight work to finish."
+    )
+
+    # Streams
+    events_maxlen: int = Field(
+        1_000_000, ge=1000, description="Approximate MAXLEN of the events stream."
+    )
+    firings_maxlen: int = Field(
+        1_000_000, ge=1000, description="Approximate MAXLEN of the firings stream."
+    )
+    trim_interval_s: float = Field(
+        10.0, gt=0, description="How often consumers trim acknowledged entries."
+    )
+
+    # Engine
+    follows_wait_s: float = Field(
+        900.0, ge=0, description="How long an event waits for the event it `follows`."
+    )
+    proactive_poll_max_s: float = Field(
+        0.5, gt=0, description="Longest sleep of the proactive timer between deadline checks."
+    )
+
+    # Actions
+    action_concurrency: int = Field(32, ge=1, description="Actions run at once per dispatcher.")
+    action_timeout_s: float = Field(30.0, gt=0, description="Timeout of one action attempt.")
+    action_max_attempts: int = Field(5, ge=1, description="Attempts before a transient failure "
+                                     "is given up to the dead-letter stream.")
+    action_retry_base_s: float = Field(0.5, gt=0, description="First retry delay (doubles).")
+    action_retry_max_s: float = Field(60.0, gt=0, description="Largest retry delay.")
+
+    log_level: str = Field("INFO", description="Logging level of the services.")

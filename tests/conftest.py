@@ -1,0 +1,76 @@
+"""Session Redis on a free port, a fresh key prefix per test, and settings pointing at both."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from automations.keys import Keys
+from automations.settings import Settings
+from tests.redis_server import RedisServer
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--redis-url", default=None, help="Use this Redis instead of starting one.")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    url: str | None = request.config.getoption("--redis-url")
+    return url or redis_server.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private server for tests that kill or restart Redis."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+@pytest.fixture
+def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_url,
+        prefix=prefix,
+        data_dir=tmp_path / "data",
+        consumer_name=f"test-{uuid.uuid4().hex[:6]}",
+        block_ms=50,
+        claim_idle_ms=500,
+        claim_interval_s=0.2,
+        trim_interval_s=0.5,
+        reconnect_max_s=0.5,
+    )
+
+
+@pytest.fixture
+async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
