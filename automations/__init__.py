@@ -26,8 +26,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from automations.events import Event
-    from automations.settings import Settings
+    from automations.events import Event as Event
+    from automations.settings import Settings as Settings
 
 
 def __getattr__(name: str) -> Any:

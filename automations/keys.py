@@ -51,6 +51,11 @@ class Keys:
     def automations_log(self) -> str:
         return f"{self.prefix}:automations:log"
 
+    @property
+    def last_fired(self) -> str:
+        """Hash automation id -> ISO time of its latest firing (for ``ls``)."""
+        return f"{self.prefix}:automations:last-fired"
+
     # trigger state
     def bucket(self, automation: str, trigger: str, key: str) -> str:
         return f"{self.prefix}:bucket:{automation}:{trigger}:{key}"
