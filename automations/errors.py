@@ -26,6 +26,16 @@ class InvalidAutomation(AutomationsError, ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class InvalidAutomations(InvalidAutomation):
+    """Several automation errors found at once (every item of every file is checked)."""
+
+    def __init__(self, errors: list[InvalidAutomation]) -> None:
+        self.errors = errors
+        first = errors[0] if errors else InvalidAutomation("invalid automations")
+        AutomationsError.__init__(self, "\n".join(str(e) for e in errors) or str(first))
+        self.file, self.field_path, self.message = first.file, first.field_path, first.message
+
+
 class BusUnavailable(AutomationsError, ConnectionError):
     """Redis could not be reached; nothing was published."""
 

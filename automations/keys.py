@@ -38,6 +38,25 @@ class Keys:
     def done(self, idempotency_key: str) -> str:
         return f"{self.prefix}:done:{idempotency_key}"
 
+    # actions (dispatcher)
+    @property
+    def action_retries(self) -> str:
+        """Sorted set of action retry job ids by due time (epoch seconds; leased when claimed)."""
+        return f"{self.prefix}:actions:retries"
+
+    @property
+    def action_retry_jobs(self) -> str:
+        """Hash retry job id (the idempotency key) -> job JSON."""
+        return f"{self.prefix}:actions:retry-jobs"
+
+    def cooldown(self, automation: str, target: str) -> str:
+        """Notification cooldown marker of one automation and target (a hash of the URL)."""
+        return f"{self.prefix}:actions:cooldown:{automation}:{target}"
+
+    def cooldown_dropped(self, automation: str, target: str) -> str:
+        """Count of notifications dropped by that cooldown since the last one sent."""
+        return f"{self.prefix}:actions:cooldown-dropped:{automation}:{target}"
+
     # automations store
     @property
     def automations(self) -> str:
@@ -67,6 +86,44 @@ class Keys:
     def composite(self, automation: str, trigger: str) -> str:
         return f"{self.prefix}:composite:{automation}:{trigger}"
 
+    def held_expect(self, automation: str, trigger: str, key: str) -> str:
+        """Zset of expect events that arrived before any window of their bucket (engine)."""
+        return f"{self.prefix}:held-expect:{automation}:{trigger}:{key}"
+
+    def unresolved(self, automation: str, trigger: str, key: str) -> str:
+        """Expected events still needed to resolve a proactive firing of this bucket (engine)."""
+        return f"{self.prefix}:unresolved:{automation}:{trigger}:{key}"
+
+    @property
+    def proactive_globals(self) -> str:
+        """Hash trigger id -> spec of Proactive triggers with one global window (engine)."""
+        return f"{self.prefix}:proactive-globals"
+
+    @property
+    def trigger_specs(self) -> str:
+        """Hash trigger id -> the window spec the proactive timer evaluates with (engine)."""
+        return f"{self.prefix}:trigger-specs"
+
+    @property
+    def events_clock(self) -> str:
+        """Hash c (latest event time seen, us) / u (wall time of that, us): lag offset."""
+        return f"{self.prefix}:events-clock"
+
+    # follows ordering (engine)
+    @property
+    def held_events(self) -> str:
+        """Hash event id -> JSON of an event waiting for the event it follows."""
+        return f"{self.prefix}:ordering:held"
+
+    @property
+    def waitlist(self) -> str:
+        """Zset event id -> wall time (us) it was held, for the bounded-wait release."""
+        return f"{self.prefix}:ordering:waitlist"
+
+    def followers(self, leader_id: str) -> str:
+        """Set of ids of held events that follow ``leader_id``."""
+        return f"{self.prefix}:ordering:followers:{leader_id}"
+
     # runtime
     @property
     def deployments(self) -> str:
@@ -75,6 +132,30 @@ class Keys:
     @property
     def flow_runs(self) -> str:
         return f"{self.prefix}:flow-runs"
+
+    def flow_run_lease(self, flow_run_id: str) -> str:
+        """String with a TTL, refreshed by the worker running the flow run (crash detection)."""
+        return f"{self.prefix}:flow-runs:lease:{flow_run_id}"
+
+    @property
+    def flow_runs_active(self) -> str:
+        """Sorted set of flow run ids in a Pending/Running/Cancelling state (score: since)."""
+        return f"{self.prefix}:flow-runs:active"
+
+    @property
+    def flow_runs_due(self) -> str:
+        """Sorted set of Scheduled flow run ids by start time, not yet on the runs stream."""
+        return f"{self.prefix}:flow-runs:due"
+
+    @property
+    def deployment_names(self) -> str:
+        """Hash deployment name -> id."""
+        return f"{self.prefix}:deployments:names"
+
+    @property
+    def schedule_cursors(self) -> str:
+        """Hash ``<deployment id>:<schedule id>`` -> epoch seconds scheduled up to."""
+        return f"{self.prefix}:deployments:cursors"
 
     @property
     def blocks(self) -> str:

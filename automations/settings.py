@@ -6,8 +6,10 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _default_consumer() -> str:
@@ -50,7 +52,11 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         5, ge=1, description="Deliveries before an entry is moved to its dead-letter stream."
     )
-    dedupe_ttl_s: int = Field(86_400, ge=1, description="How long an event id is remembered.")
+    dedupe_ttl_s: int = Field(
+        1800, ge=1,
+        description="How long an event id is remembered for deduplication (one key per event: "
+        "keep it above follows_wait_s and the redelivery time, and mind memory at high rates).",
+    )
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Upper bound of the reconnect backoff when Redis is away."
     )
@@ -84,5 +90,45 @@ class Settings(BaseSettings):
                                      "is given up to the dead-letter stream.")
     action_retry_base_s: float = Field(0.5, gt=0, description="First retry delay (doubles).")
     action_retry_max_s: float = Field(60.0, gt=0, description="Largest retry delay.")
+    dispatch_readers: int = Field(
+        4, ge=1, description="Firing batches a dispatcher reads and runs at once."
+    )
+    action_retry_poll_s: float = Field(
+        0.2, gt=0, description="How often a dispatcher looks for due action retries."
+    )
+    action_done_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="How long an action is remembered as done (idempotency)."
+    )
+
+    # Runtime (flows, scheduler, worker)
+    flow_events_buffer: int = Field(
+        10_000, ge=1, description="Flow/task state events kept in memory while Redis is away."
+    )
+    flow_flush_timeout_s: float = Field(
+        5.0, ge=0, description="How long a finishing flow waits to publish buffered events."
+    )
+    scheduler_interval_s: float = Field(
+        1.0, gt=0, description="How often the scheduler looks for due schedules and runs."
+    )
+    scheduler_max_catchup: int = Field(
+        3, ge=1, description="Most runs one schedule gets after the scheduler was away."
+    )
+    worker_lease_s: float = Field(
+        30.0, gt=0, description="A running flow run whose worker is silent this long is Crashed."
+    )
+    worker_poll_s: float = Field(
+        0.5, gt=0, description="How often a worker heartbeats and checks for cancellations."
+    )
+    worker_cancel_grace_s: float = Field(
+        5.0, ge=0, description="Time between SIGTERM and SIGKILL when cancelling a flow run."
+    )
 
     log_level: str = Field("INFO", description="Logging level of the services.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        """Refuse a URL redis-py cannot use here, not later as a traceback in some client."""
+        if url and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"must start with {', '.join(REDIS_SCHEMES)}")
+        return url

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from automations.keys import Keys
 from automations.settings import Settings
 from tests.redis_server import RedisServer
+from tests.sinks import http_sink, smtp_sink  # noqa: F401  (fixtures: real HTTP/SMTP sinks)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import typer
 
 from automations import __version__
-from automations.cli import automations_cmd, blocks_cmd, deployments_cmd, events_cmd, serve_cmd
+from automations.cli import (
+    automations_cmd,
+    blocks_cmd,
+    deployments_cmd,
+    events_cmd,
+    operator_cmd,
+    serve_cmd,
+)
 
 app = typer.Typer(
     name="automations",
@@ -35,6 +42,7 @@ events_cmd.register(app)
 automations_cmd.register(app)
 blocks_cmd.register(app)
 deployments_cmd.register(app)
+operator_cmd.register(app)
 
 
 def main() -> None:

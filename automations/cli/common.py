@@ -11,14 +11,16 @@ import redis.exceptions
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from automations.errors import AutomationsError, BusUnavailable, InvalidAutomation, NotFound
 from automations.settings import Settings
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: rich would turn ":id:" of "file.json:id: ..." (or a name like ":fire:") into emoji
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 EXIT_USER_ERROR = 2
 EXIT_NOT_FOUND = 3
@@ -26,15 +28,26 @@ EXIT_UNAVAILABLE = 4
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True,
+                      soft_wrap=True)
     raise typer.Exit(code)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """``AUTOMATIONS_BLOCK_MS: Input should be ...``, one part per bad variable (values are not
+    repeated: a Redis URL may hold a password)."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        name = "AUTOMATIONS_" + "_".join(str(p) for p in err["loc"]).upper()
+        parts.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid setting " + "; ".join(parts)
 
 
 def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        fail(f"invalid AUTOMATIONS_* setting: {exc.errors(include_url=False)[0]}")
+        fail(settings_error(exc))
 
 
 @contextmanager
@@ -44,7 +57,9 @@ def user_errors() -> Iterator[None]:
         yield
     except NotFound as exc:
         fail(str(exc), EXIT_NOT_FOUND)
-    except (BusUnavailable, redis.exceptions.ConnectionError, OSError) as exc:
+    except BusUnavailable as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+    except (redis.exceptions.ConnectionError, OSError) as exc:
         fail(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE)
     except (InvalidAutomation, AutomationsError) as exc:
         fail(str(exc))

@@ -1,0 +1,354 @@
+"""The one consume loop every service uses: a consumer-group reader over a Redis stream.
+
+``StreamConsumer.run()`` reads a batch (XREADGROUP COUNT/BLOCK), hands it to the handler and
+acknowledges the whole batch in one XACK after the handler returned. Entries of a dead consumer
+are reclaimed with XAUTOCLAIM; an entry delivered ``max_deliveries`` times without success goes
+to the dead-letter stream with its last error. Redis going away means a capped exponential
+backoff, logged once per outage. Per-entry work is one small dataclass: no pydantic here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from automations.keys import Keys
+from automations.settings import Settings
+from automations.streams import require_redis_version, trim_acknowledged
+
+log = logging.getLogger(__name__)
+
+# Error replies that mean "Redis cannot serve us right now" (memory full, failover, loading).
+TRANSIENT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
+FORGET_IDLE_MS = 86_400_000  # a consumer with nothing pending and idle this long is forgotten
+# What a lost connection looks like from redis-py (plus BUSY LOADING after a restart).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def _outage(exc: BaseException) -> bool:
+    """A lost connection, possibly raised by several tasks of a task group at once."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(CONNECTION_ERRORS)[1] is None
+    return isinstance(exc, CONNECTION_ERRORS)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One stream entry: its id, raw fields and how often it was delivered (1 = first time)."""
+
+    id: str
+    fields: dict[bytes, bytes]
+    deliveries: int
+
+
+@dataclass(slots=True)
+class Reject:
+    """A handler's verdict that ``entry`` can never succeed: acked and dead-lettered at once."""
+
+    entry: Entry
+    reason: str
+
+
+Handler = Callable[[list[Entry]], Awaitable[Sequence[Reject] | None]]
+
+
+class _Outage:
+    """Capped exponential backoff that logs once when Redis goes away and once when it is back."""
+
+    def __init__(self, cap_s: float, what: str) -> None:
+        self.cap_s = cap_s
+        self.what = what
+        self.attempts = 0
+        self.since = 0.0
+
+    async def wait(self, exc: BaseException) -> None:
+        if self.attempts == 0:
+            self.since = time.monotonic()
+            log.warning("%s: Redis unreachable (%s); retrying with backoff", self.what, exc)
+        self.attempts += 1
+        await anyio.sleep(min(0.05 * 2 ** (self.attempts - 1), self.cap_s))
+
+    def recovered(self) -> None:
+        if self.attempts:
+            log.warning("%s: Redis reachable again after %.1f s", self.what,
+                        time.monotonic() - self.since)
+            self.attempts = 0
+
+
+class StreamConsumer:
+    """Reads ``stream`` as ``consumer`` of ``group`` and feeds batches to ``handler``.
+
+    The handler gets a list of entries and returns the ones it rejects (acked and dead-lettered
+    at once) or None. If it raises, the batch stays pending and is retried with backoff; an
+    entry delivered ``max_deliveries`` times goes to ``dead_stream`` with the last error.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        *,
+        stream: str,
+        group: str,
+        handler: Handler,
+        dead_stream: str,
+        consumer: str | None = None,
+        batch_size: int | None = None,
+        maxlen: int | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.stream = stream
+        self.group = group
+        self.handler = handler
+        self.dead_stream = dead_stream
+        self.consumer = consumer or settings.consumer_name
+        self.batch_size = batch_size or settings.batch_size
+        keys = Keys(settings.prefix)
+        default_maxlen = {
+            keys.events: settings.events_maxlen, keys.firings: settings.firings_maxlen
+        }
+        self.maxlen = maxlen if maxlen is not None else default_maxlen.get(stream)
+        self.handled = 0
+        self.rejected = 0
+        self.dead = 0
+        self.failures = 0
+        self.claimed = 0
+        self._stopping = False
+        self._ready = False
+        self._own_pending = True  # first look at what this consumer name left pending
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._failed_in_row = 0
+        self._last_error: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamConsumer({self.stream!r}, group={self.group!r}, consumer={self.consumer!r}, "
+            f"handled={self.handled}, rejected={self.rejected}, dead={self.dead}, "
+            f"failures={self.failures}, claimed={self.claimed})"
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask ``run()`` to return after the batch in hand; safe to call any number of times."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def ensure_group(self) -> None:
+        """Check the server version and create the group (from the stream's start) if missing."""
+        await require_redis_version(self.redis)
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._ready = True
+
+    async def run(self) -> None:
+        """Consume until ``stop()``: claim stale entries, read, handle, ack; survive outages."""
+        outage = _Outage(self.settings.reconnect_max_s, f"{self.stream}/{self.group}")
+        while not self._stopping:
+            try:
+                if not self._ready:
+                    await self.ensure_group()
+                await self._step(block=True)
+                outage.recovered()
+            except CONNECTION_ERRORS as exc:
+                self._ready = False
+                await outage.wait(exc)
+            except redis.exceptions.ResponseError as exc:
+                if str(exc).startswith(TRANSIENT_REPLIES):
+                    await outage.wait(exc)
+                elif "NOGROUP" in str(exc):  # the stream vanished (e.g. Redis lost its data)
+                    log.warning("%s: group %s is gone; recreating it", self.stream, self.group)
+                    self._ready = False
+                else:
+                    raise
+
+    async def run_until_idle(self) -> int:
+        """Handle reclaimable, own pending and new entries until none remain; return how many
+        entries the handler accepted. For tests and benchmarks (never blocks on an empty read)."""
+        if not self._ready:
+            await self.ensure_group()
+        before = self.handled
+        while True:
+            self._claim_cursor, self._next_claim = "0-0", 0.0
+            seen = 0
+            while self._next_claim == 0.0:  # every reclaimable entry, page by page
+                seen += await self._handle(await self._claim())
+            while self._own_pending:
+                entries = await self._read("0", block=False)
+                self._own_pending = bool(entries)
+                seen += await self._handle(entries)
+            seen += await self._handle(await self._read(">", block=False))
+            if not seen and not self._own_pending:
+                break
+        if self.maxlen is not None:
+            await trim_acknowledged(self.redis, self.stream, self.maxlen)
+        return self.handled - before
+
+    # -- one iteration -----------------------------------------------------------------------
+    async def _step(self, *, block: bool) -> int:
+        """One read-handle-ack round; returns the number of entries read."""
+        now = time.monotonic()
+        if now >= self._next_claim:
+            entries = await self._claim()
+        elif self._own_pending:
+            entries = await self._read("0", block=False)
+            self._own_pending = bool(entries)
+        else:
+            entries = await self._read(">", block=block)
+        await self._handle(entries)
+        if now >= self._next_trim:
+            self._next_trim = now + self.settings.trim_interval_s
+            await self._housekeeping()
+        return len(entries)
+
+    async def _housekeeping(self) -> None:
+        """Trim what every group acknowledged; forget consumers of past processes (each run has
+        its own name) once they hold nothing and were idle a day."""
+        if self.maxlen is not None:
+            await trim_acknowledged(self.redis, self.stream, self.maxlen)
+        consumers: Any = await self.redis.xinfo_consumers(self.stream, self.group)
+        for c in consumers:
+            name = c["name"].decode() if isinstance(c["name"], bytes) else str(c["name"])
+            if name != self.consumer and c["pending"] == 0 and c["idle"] > FORGET_IDLE_MS:
+                await self.redis.xgroup_delconsumer(self.stream, self.group, name)
+
+    async def _handle(self, entries: list[Entry]) -> int:
+        if entries:
+            await self._process(entries)
+        return len(entries)
+
+    async def _read(self, start: str, *, block: bool) -> list[Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=self.batch_size,
+            block=self.settings.block_ms if block else None,
+        )
+        if not reply:
+            return []
+        raw = reply[0][1]
+        if start == ">":
+            return [Entry(i.decode(), f, 1) for i, f in raw]
+        return await self._with_deliveries(raw)
+
+    async def _claim(self) -> list[Entry]:
+        """XAUTOCLAIM entries idle longer than ``claim_idle_ms`` (a crashed consumer's)."""
+        reply: Any = await self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.settings.claim_idle_ms,
+            start_id=self._claim_cursor, count=self.batch_size,
+        )
+        cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        self._claim_cursor = cursor
+        if cursor == "0-0":
+            self._next_claim = time.monotonic() + self.settings.claim_interval_s
+        entries = await self._with_deliveries(reply[1])
+        self.claimed += len(entries)
+        return entries
+
+    async def _with_deliveries(self, raw: list[Any]) -> list[Entry]:
+        """Entries read from a pending list, with their delivery counters from XPENDING."""
+        present = [(i.decode(), f) for i, f in raw if f]
+        gone = [i for i, f in raw if not f]  # deleted while pending: nothing left to handle
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        if not present:
+            return []
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min=present[0][0], max=present[-1][0],
+            count=len(present) + 1000, consumername=self.consumer,
+        )
+        counts = {
+            (p["message_id"].decode() if isinstance(p["message_id"], bytes) else p["message_id"]):
+            int(p["times_delivered"]) for p in pending
+        }
+        return [Entry(i, f, counts.get(i, 1)) for i, f in present]
+
+    async def _process(self, entries: list[Entry]) -> None:
+        """Dead-letter the over-delivered, run the handler, ack the batch (or keep it pending)."""
+        limit = self.settings.max_deliveries
+        exhausted = [e for e in entries if e.deliveries > limit]
+        if exhausted:
+            await self._dead_letter([
+                Reject(e, self._last_error.pop(e.id, f"delivered {e.deliveries - 1} times "
+                                                      "without being acknowledged"))
+                for e in exhausted
+            ])
+            entries = [e for e in entries if e.deliveries <= limit]
+            if not entries:
+                return
+        try:
+            rejects = await self.handler(entries) or ()
+        except Exception as exc:
+            await self._handler_failed(entries, exc)
+            return
+        self._failed_in_row = 0
+        rejected = {r.entry.id for r in rejects}
+        if rejects:
+            await self._dead_letter(list(rejects))
+            self.rejected += len(rejects)
+        done = [e.id for e in entries if e.id not in rejected]
+        if done:
+            await self.redis.xack(self.stream, self.group, *done)
+        self.handled += len(entries)
+        for e in entries:
+            self._last_error.pop(e.id, None)
+
+    async def _handler_failed(self, entries: list[Entry], exc: Exception) -> None:
+        """Keep the batch pending for a retry after a backoff; give up on exhausted entries."""
+        self.failures += 1
+        self._failed_in_row += 1
+        reason = f"{type(exc).__name__}: {exc}"
+        if _outage(exc):  # one line, not a traceback per in-flight task of the batch
+            log.warning("%s/%s: Redis unreachable while handling %d entries (%s); they stay "
+                        "pending", self.stream, self.group, len(entries), reason)
+        else:
+            log.exception("%s/%s: handler failed on %d entries", self.stream, self.group,
+                          len(entries))
+        limit = self.settings.max_deliveries
+        given_up = [Reject(e, reason) for e in entries if e.deliveries >= limit]
+        if given_up:
+            await self._dead_letter(given_up)
+        for e in entries:
+            if e.deliveries < limit:
+                self._last_error[e.id] = reason
+        self._own_pending = True
+        delay = min(0.05 * 2 ** (self._failed_in_row - 1), self.settings.reconnect_max_s)
+        await anyio.sleep(delay)
+
+    async def _dead_letter(self, rejects: Sequence[Reject]) -> None:
+        """Copy each entry, with reason and delivery count, to the dead stream and ack it
+        (one MULTI, so an entry is never both lost and acked)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for r in rejects:
+                fields: dict[Any, Any] = dict(r.entry.fields)
+                fields.update({
+                    b"reason": r.reason.encode(), b"deliveries": str(r.entry.deliveries).encode(),
+                    b"source_stream": self.stream.encode(), b"source_id": r.entry.id.encode(),
+                    b"group": self.group.encode(), b"consumer": self.consumer.encode(),
+                })
+                pipe.xadd(self.dead_stream, fields)
+            pipe.xack(self.stream, self.group, *[r.entry.id for r in rejects])
+            await pipe.execute()
+        self.dead += len(rejects)
+        log.warning("%s/%s: dead-lettered %d entries to %s (first: %s)", self.stream, self.group,
+                    len(rejects), self.dead_stream, rejects[0].reason)

@@ -1,0 +1,125 @@
+"""Stream upkeep shared by the consumer and the publishers: the server version gate, safe
+trimming (never past an entry a group still needs) and event-id dedupe markers.
+
+A leaf like ``bus``: it imports only ``errors`` and ``keys`` of ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from automations.errors import AutomationsError
+from automations.keys import Keys
+
+if TYPE_CHECKING:  # pragma: no cover
+    from automations.bus import Entry
+
+MIN_REDIS = (6, 2)
+TRIM_STEP = 2000  # surplus entries a trim finds exactly (read once by one XRANGE)
+
+
+class RedisTooOld(AutomationsError):
+    """The server lacks a command we rely on (XAUTOCLAIM needs Redis 6.2)."""
+
+
+async def require_redis_version(client: aioredis.Redis) -> str:
+    """Check INFO server once; raise ``RedisTooOld`` with a clear message below 6.2."""
+    info = await client.info("server")
+    version = str(info.get("redis_version", "0"))
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_REDIS:
+        raise RedisTooOld(
+            f"Redis {version} is too old: automations needs Redis >= 6.2 (XAUTOCLAIM)"
+        )
+    return version
+
+
+# Trims what every group has acknowledged, down to about ARGV[1] entries (never fewer). The
+# length target is exact for up to ARGV[2] surplus entries (one XRANGE); a larger surplus (after
+# an outage) is halved per call by interpolating the ids' timestamps, so repeated calls converge
+# without reading the whole stream. The cut never passes a group's oldest pending entry nor its
+# first undelivered one; XTRIM MINID ~ then removes whole nodes only.
+TRIM_SCRIPT = """
+local stream = KEYS[1]
+local maxlen = tonumber(ARGV[1])
+local step = tonumber(ARGV[2])
+local len = redis.call('XLEN', stream)
+if len <= maxlen then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local excess = len - maxlen
+local cut_ms, cut_seq
+if excess <= step then
+  local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
+  cut_ms, cut_seq = parse(oldest[#oldest][1])
+  cut_seq = cut_seq + 1
+else
+  local f_ms = parse(redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1])
+  local l_ms = parse(redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1][1])
+  cut_ms = f_ms + math.floor((l_ms - f_ms) * excess / (2 * len))
+  cut_seq = 0
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local ms, seq
+  if tonumber(info['pending']) > 0 then
+    local oldest = redis.call('XPENDING', stream, info['name'], '-', '+', 1)
+    ms, seq = parse(oldest[1][1])
+  else
+    ms, seq = parse(info['last-delivered-id'])
+    seq = seq + 1
+  end
+  if ms < cut_ms or (ms == cut_ms and seq < cut_seq) then
+    cut_ms, cut_seq = ms, seq
+  end
+end
+return redis.call('XTRIM', stream, 'MINID', '~', string.format('%d-%d', cut_ms, cut_seq))
+"""
+
+# For each (event id, stream entry id): 1 when this entry is the event's first delivery (or a
+# redelivery of that same entry), 0 when another entry already carried the same event id.
+DEDUPE_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local entry = ARGV[i + 1]
+  if redis.call('SET', key, entry, 'NX', 'EX', ARGV[1]) then
+    out[i] = 1
+  elseif redis.call('GET', key) == entry then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+async def trim_acknowledged(client: aioredis.Redis, stream: str, maxlen: int) -> int:
+    """Trim ``stream`` towards ``maxlen`` without dropping anything a group still needs."""
+    removed = await client.eval(TRIM_SCRIPT, 1, stream, maxlen, TRIM_STEP)
+    return int(removed)
+
+
+async def dedupe(
+    client: aioredis.Redis, keys: Keys, entries: Sequence[Entry], ttl_s: int
+) -> list[Entry]:
+    """Entries whose event id (field ``id``) was not already carried by another entry.
+
+    One round trip per batch. A redelivered entry stays (its marker holds its own stream id),
+    so a crash between marking and acking never loses the event.
+    """
+    if not entries:
+        return []
+    marked = [e for e in entries if b"id" in e.fields]
+    if not marked:
+        return list(entries)
+    names = [keys.seen(e.fields[b"id"].decode()) for e in marked]
+    flags = await client.eval(DEDUPE_SCRIPT, len(names), *names, ttl_s, *[e.id for e in marked])
+    dropped = {e.id for e, flag in zip(marked, flags, strict=True) if not int(flag)}
+    return [e for e in entries if e.id not in dropped]

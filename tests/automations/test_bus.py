@@ -1,0 +1,296 @@
+"""The shared consumer: batches, acks, rejects, retries, dead letters, reclaiming, trimming."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from automations.bus import Entry, Reject, StreamConsumer
+from automations.keys import Keys
+from automations.settings import Settings
+from automations.streams import dedupe, require_redis_version, trim_acknowledged
+
+
+class Recorder:
+    """A handler that records what it got and can fail or reject on demand."""
+
+    def __init__(self, *, fail_times: int = 0, reject: set[bytes] | None = None) -> None:
+        self.batches: list[list[Entry]] = []
+        self.fail_times = fail_times
+        self.reject = reject or set()
+
+    async def __call__(self, entries: list[Entry]) -> Sequence[Reject] | None:
+        self.batches.append(entries)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise RuntimeError("boom")
+        return [Reject(e, "bad entry") for e in entries if e.fields[b"data"] in self.reject]
+
+    @property
+    def data(self) -> list[bytes]:
+        return [e.fields[b"data"] for batch in self.batches for e in batch]
+
+
+def consumer(redis: aioredis.Redis, settings: Settings, handler: Any, **kw: Any) -> StreamConsumer:
+    keys = Keys(settings.prefix)
+    return StreamConsumer(redis, settings, stream=keys.events, group="g", handler=handler,
+                          dead_stream=keys.dead(keys.events), **kw)
+
+
+async def add(redis: aioredis.Redis, stream: str, n: int, start: int = 0) -> list[str]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(start, start + n):
+            pipe.xadd(stream, {b"data": f"e{i}".encode(), b"id": f"id-{i}".encode()})
+        ids = await pipe.execute()
+    return [i.decode() for i in ids]
+
+
+async def pending(redis: aioredis.Redis, stream: str, group: str = "g") -> int:
+    info: Any = await redis.xpending(stream, group)
+    return int(info["pending"])
+
+
+async def test_round_trip_in_batches_acks_everything(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 25)
+    handler = Recorder()
+    c = consumer(redis, settings, handler, batch_size=10)
+    assert await c.run_until_idle() == 25
+    assert [len(b) for b in handler.batches] == [10, 10, 5]
+    assert handler.data == [f"e{i}".encode() for i in range(25)]
+    assert all(e.deliveries == 1 for b in handler.batches for e in b)
+    assert await pending(redis, keys.events) == 0
+    assert "handled=25" in repr(c)
+
+
+async def test_group_created_from_start_sees_earlier_entries(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 3)
+    handler = Recorder()
+    await consumer(redis, settings, handler).run_until_idle()
+    assert len(handler.data) == 3
+
+
+async def test_rejects_are_acked_and_dead_lettered_with_reason(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    ids = await add(redis, keys.events, 3)
+    handler = Recorder(reject={b"e1"})
+    assert await consumer(redis, settings, handler).run_until_idle() == 3
+    assert await pending(redis, keys.events) == 0
+    dead: Any = await redis.xrange(keys.dead(keys.events))
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"data"] == b"e1" and fields[b"id"] == b"id-1"
+    assert fields[b"reason"] == b"bad entry"
+    assert fields[b"source_id"] == ids[1].encode()
+    assert fields[b"deliveries"] == b"1"
+    assert len(handler.batches) == 1
+
+
+async def test_failed_batch_is_retried_then_acked(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 2)
+    handler = Recorder(fail_times=2)
+    c = consumer(redis, settings, handler)
+    assert await c.run_until_idle() == 2
+    assert [[e.deliveries for e in b] for b in handler.batches] == [[1, 1], [2, 2], [3, 3]]
+    assert await pending(redis, keys.events) == 0
+    assert await redis.xlen(keys.dead(keys.events)) == 0
+    assert c.failures == 2
+
+
+async def test_dead_letter_after_max_deliveries_keeps_entry_error_and_count(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    settings = settings.model_copy(update={"max_deliveries": 3})
+    await add(redis, keys.events, 1)
+    handler = Recorder(fail_times=100)
+    c = consumer(redis, settings, handler)
+    assert await c.run_until_idle() == 0
+    assert len(handler.batches) == 3
+    assert await pending(redis, keys.events) == 0
+    dead: Any = await redis.xrange(keys.dead(keys.events))
+    fields = dead[0][1]
+    assert fields[b"data"] == b"e0"
+    assert fields[b"reason"] == b"RuntimeError: boom"
+    assert fields[b"deliveries"] == b"3"
+    assert fields[b"group"] == b"g"
+    assert c.dead == 1
+
+
+async def test_stale_entries_of_another_consumer_are_reclaimed(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 4)
+    ghost = consumer(redis, settings, Recorder(), consumer="ghost")
+    await ghost.ensure_group()
+    # The ghost reads and dies without acking.
+    await redis.xreadgroup("g", "ghost", {keys.events: ">"}, count=4)
+    handler = Recorder()
+    c = consumer(redis, settings, handler, consumer="rescuer")
+    assert await c.run_until_idle() == 0  # not idle long enough yet
+    with anyio.fail_after(5):
+        while not handler.data:
+            await anyio.sleep(0.1)
+            await c.run_until_idle()
+    assert handler.data == [b"e0", b"e1", b"e2", b"e3"]
+    assert all(e.deliveries == 2 for e in handler.batches[0])
+    assert await pending(redis, keys.events) == 0
+    assert c.claimed == 4
+
+
+async def test_an_entry_that_keeps_killing_consumers_is_dead_lettered(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    settings = settings.model_copy(update={"max_deliveries": 2, "claim_idle_ms": 100})
+    await add(redis, keys.events, 1)
+    await consumer(redis, settings, Recorder()).ensure_group()
+    await redis.xreadgroup("g", "a", {keys.events: ">"})
+    await anyio.sleep(0.15)
+    await redis.xautoclaim(keys.events, "g", "b", 100)  # delivery 2, dies too
+    await anyio.sleep(0.15)
+    handler = Recorder()
+    c = consumer(redis, settings, handler)
+    await c.run_until_idle()
+    assert handler.data == []
+    dead: Any = await redis.xrange(keys.dead(keys.events))
+    assert dead[0][1][b"deliveries"] == b"3"
+    assert b"without being acknowledged" in dead[0][1][b"reason"]
+
+
+async def test_run_stops_after_the_batch_in_hand(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 3)
+    c: StreamConsumer
+
+    async def slow(entries: list[Entry]) -> None:
+        c.stop()
+        c.stop()  # idempotent
+        await anyio.sleep(0.2)
+
+    c = consumer(redis, settings, slow)
+    with anyio.fail_after(5):
+        await c.run()
+    assert c.handled == 3
+    assert await pending(redis, keys.events) == 0
+
+
+async def test_run_consumes_live_entries(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    handler = Recorder()
+    c = consumer(redis, settings, handler)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(c.run)
+        await add(redis, keys.events, 5)
+        with anyio.fail_after(5):
+            while len(handler.data) < 5:
+                await anyio.sleep(0.02)
+        c.stop()
+    assert await pending(redis, keys.events) == 0
+
+
+async def test_dedupe_drops_repeated_event_ids_but_not_redeliveries(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    first = Entry("1-0", {b"id": b"a"}, 1)
+    again = Entry("2-0", {b"id": b"a"}, 1)
+    other = Entry("3-0", {b"id": b"b"}, 1)
+    anonymous = Entry("4-0", {b"data": b"x"}, 1)
+    kept = await dedupe(redis, keys, [first, other, anonymous], ttl_s=60)
+    assert kept == [first, other, anonymous]
+    redelivered = Entry("1-0", {b"id": b"a"}, 2)
+    assert await dedupe(redis, keys, [redelivered, again], ttl_s=60) == [redelivered]
+    assert 0 < await redis.ttl(keys.seen("a")) <= 60
+
+
+async def test_trim_never_drops_what_a_group_still_needs(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    stream = keys.events
+    ids: list[str] = []
+    for batch in range(10):  # spread over time so the length target can be interpolated
+        ids += await add(redis, stream, 300, start=batch * 300)
+        await anyio.sleep(0.003)
+    await redis.xgroup_create(stream, "slow", id="0")
+    await redis.xgroup_create(stream, "fast", id="0")
+    # "slow" has 100 entries pending from entry 1000 on; "fast" acked everything.
+    await redis.xgroup_setid(stream, "slow", ids[999])
+    await redis.xreadgroup("slow", "c", {stream: ">"}, count=100)
+    await redis.xgroup_setid(stream, "fast", ids[-1])
+    await trim_acknowledged(redis, stream, 1000)
+    first: Any = await redis.xrange(stream, count=1)
+    assert first[0][0].decode() <= ids[1000]  # the oldest pending entry survived
+    assert await redis.xlen(stream) >= 2000
+    # Once "slow" acks, the stream is trimmed towards 1000 entries (approximately).
+    await redis.xack(stream, "slow", *ids[1000:1100])
+    await redis.xgroup_setid(stream, "slow", ids[-1])
+    await trim_acknowledged(redis, stream, 1000)
+    assert 1000 <= await redis.xlen(stream) < 1100
+
+
+async def test_a_large_surplus_converges_over_repeated_trims(
+    redis: aioredis.Redis, keys: Keys
+) -> None:
+    for batch in range(8):
+        await add(redis, keys.events, 1000, start=batch * 1000)
+        await anyio.sleep(0.002)
+    lengths = []
+    for _ in range(6):
+        await trim_acknowledged(redis, keys.events, 1000)
+        lengths.append(await redis.xlen(keys.events))
+    assert lengths == sorted(lengths, reverse=True)
+    assert all(n >= 1000 for n in lengths)
+    assert lengths[-1] < 1100
+
+
+async def test_trim_keeps_undelivered_entries(redis: aioredis.Redis, keys: Keys) -> None:
+    ids = []
+    for batch in range(5):
+        ids += await add(redis, keys.events, 400, start=batch * 400)
+        await anyio.sleep(0.003)
+    await redis.xgroup_create(keys.events, "new", id="0")
+    await trim_acknowledged(redis, keys.events, 1000)
+    assert await redis.xlen(keys.events) == 2000
+
+
+async def test_redis_version_is_checked(redis: aioredis.Redis) -> None:
+    version = await require_redis_version(redis)
+    assert tuple(int(p) for p in version.split(".")[:2]) >= (6, 2)
+
+
+@pytest.mark.parametrize("stream_attr", ["events", "firings", "runs"])
+def test_default_maxlen_follows_the_stream(
+    settings: Settings, keys: Keys, stream_attr: str
+) -> None:
+    stream = getattr(keys, stream_attr)
+    c = StreamConsumer(None, settings, stream=stream, group="g",  # type: ignore[arg-type]
+                       handler=Recorder(), dead_stream=keys.dead(stream))
+    expected = {"events": settings.events_maxlen, "firings": settings.firings_maxlen}
+    assert c.maxlen == expected.get(stream_attr)
+
+
+async def test_housekeeping_forgets_idle_consumers_with_nothing_pending(
+    redis: aioredis.Redis, settings: Settings, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await add(redis, keys.events, 2)
+    c = consumer(redis, settings, Recorder(), consumer="me")
+    await c.ensure_group()
+    await redis.xreadgroup("g", "gone", {keys.events: ">"}, count=1)
+    await redis.xack(keys.events, "g", *[p["message_id"] for p in await redis.xpending_range(
+        keys.events, "g", "-", "+", 10)])
+    await redis.xreadgroup("g", "busy", {keys.events: ">"}, count=1)  # still holds an entry
+    monkeypatch.setattr("automations.bus.FORGET_IDLE_MS", -1)
+    await c.run_until_idle()  # reclaims nothing yet: "busy" is not idle long enough
+    await c._housekeeping()
+    names = {x["name"] for x in await redis.xinfo_consumers(keys.events, "g")}
+    assert names == {b"me", b"busy"}

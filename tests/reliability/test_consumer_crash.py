@@ -1,0 +1,168 @@
+"""Real processes and real outages: SIGKILL mid-batch, SIGTERM drain, Redis restarting."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from automations.bus import Entry, StreamConsumer
+from automations.events import Event
+from automations.keys import Keys
+from automations.publishing import Publisher
+from automations.settings import Settings
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
+EXE = str(Path(sys.executable).with_name("automations"))
+
+
+def events(n: int) -> list[Event]:
+    return [Event(event="e", resource={"prefect.resource.id": f"r{i}"}) for i in range(n)]
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def spawn(procs: list[subprocess.Popen[str]], args: list[str], env: dict[str, str] | None = None
+          ) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+    procs.append(proc)
+    return proc
+
+
+def wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # pytest-timeout guards a hang
+    assert line.startswith(prefix), (line, proc.stderr.read() if proc.stderr else "")
+    return line
+
+
+async def test_entries_of_a_killed_consumer_are_reclaimed_by_another(
+    redis: aioredis.Redis, settings: Settings, keys: Keys, redis_url: str, prefix: str,
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    published = events(5)
+    await Publisher(redis, settings).publish(published)
+    doomed = spawn(procs, [sys.executable, "-m", "tests.reliability.consumer_proc", "hang",
+                           redis_url, prefix])
+    assert wait_for_line(doomed, "batch") == "batch 5\n"
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    info: Any = await redis.xpending(keys.events, "engine")
+    assert info["pending"] == 5
+
+    got: list[Entry] = []
+
+    async def handler(entries: list[Entry]) -> None:
+        got.extend(entries)
+
+    rescuer = StreamConsumer(redis, settings, stream=keys.events, group="engine",
+                             handler=handler, dead_stream=keys.dead(keys.events))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(rescuer.run)
+        with anyio.fail_after(10):
+            while len(got) < 5:
+                await anyio.sleep(0.05)
+        rescuer.stop()
+    assert [e.fields[b"id"] for e in got] == [str(e.id).encode() for e in published]
+    assert all(e.deliveries == 2 for e in got)
+    info = await redis.xpending(keys.events, "engine")
+    assert info["pending"] == 0
+
+
+async def test_sigterm_drains_the_batch_in_hand_and_exits_0(
+    redis: aioredis.Redis, settings: Settings, keys: Keys, redis_url: str, prefix: str,
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    proc = spawn(procs, [sys.executable, "-m", "tests.reliability.consumer_proc", "serve",
+                         redis_url, prefix])
+    await Publisher(redis, settings).publish(events(7))
+    wait_for_line(proc, "batch 7")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert await redis.get(f"{prefix}:handled") == b"7"  # the handler finished its batch
+    info: Any = await redis.xpending(keys.events, "engine")
+    assert info["pending"] == 0  # and the batch was acked
+    assert "SIGTERM received" in err
+
+
+async def test_automations_serve_exits_0_on_sigterm(
+    redis: aioredis.Redis, settings: Settings, keys: Keys, redis_url: str, prefix: str,
+    procs: list[subprocess.Popen[str]],
+) -> None:
+    await Publisher(redis, settings).publish(events(3))
+    proc = spawn(procs, [EXE, "serve", "--only", "engine"],
+                 env={"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix,
+                      "AUTOMATIONS_BLOCK_MS": "100"})
+    with anyio.fail_after(20):
+        while True:
+            groups: Any = await redis.xinfo_groups(keys.events)
+            if groups and groups[0]["pending"] == 0 and groups[0]["last-delivered-id"] != b"0-0":
+                break
+            await anyio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "serving engine" in err
+
+
+async def test_consumer_survives_a_redis_restart(
+    own_redis: RedisServer, settings: Settings, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings.model_copy(update={"redis_url": own_redis.url})
+    client = aioredis.Redis.from_url(own_redis.url, socket_connect_timeout=1)
+    got: list[bytes] = []
+
+    async def handler(entries: list[Entry]) -> None:
+        got.extend(e.fields[b"id"] for e in entries)
+
+    consumer = StreamConsumer(client, settings, stream=keys.events, group="engine",
+                              handler=handler, dead_stream=keys.dead(keys.events))
+    publisher = Publisher(client, settings)
+    before, after = events(3), events(4)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run)
+            await publisher.publish(before)
+            with anyio.fail_after(10):
+                while len(got) < 3:
+                    await anyio.sleep(0.02)
+            await anyio.to_thread.run_sync(own_redis.stop)  # no persistence: stream is gone
+            with anyio.fail_after(10):
+                while "Redis unreachable" not in caplog.text:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.6)  # several reconnect attempts, still one warning
+            await anyio.to_thread.run_sync(own_redis.start)
+            with anyio.fail_after(15):
+                while True:  # the publisher's pooled connection is broken once, then fine
+                    try:
+                        await publisher.publish(after)
+                        break
+                    except Exception:
+                        await anyio.sleep(0.05)
+                while len(got) < 7:
+                    await anyio.sleep(0.02)
+            consumer.stop()
+    finally:
+        await client.aclose()
+    assert got[3:] == [str(e.id).encode() for e in after]
+    assert caplog.text.count("Redis unreachable") == 1
+    assert caplog.text.count("Redis reachable again") == 1
