@@ -1,5 +1,19 @@
 """Trigger models, matching and evaluation."""
 
-from triggers.models import CompoundTrigger, EventTrigger, Posture, SequenceTrigger, Trigger
+from triggers.models import (
+    CompoundTrigger,
+    EventTrigger,
+    Posture,
+    SequenceTrigger,
+    Trigger,
+    never_fires,
+)
 
-__all__ = ["CompoundTrigger", "EventTrigger", "Posture", "SequenceTrigger", "Trigger"]
+__all__ = [
+    "CompoundTrigger",
+    "EventTrigger",
+    "Posture",
+    "SequenceTrigger",
+    "Trigger",
+    "never_fires",
+]

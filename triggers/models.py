@@ -16,15 +16,22 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
 
+from automations.events import Event
+from triggers import matching
+
 ResourceSpec = dict[str, str | list[str]]
 
-PROACTIVE_MIN_WITHIN = 10.0
+PROACTIVE_MIN_WITHIN = matching.PROACTIVE_MIN_WITHIN.total_seconds()
 
 
 class Posture(StrEnum):
@@ -32,10 +39,31 @@ class Posture(StrEnum):
     Proactive = "Proactive"
 
 
+def _posture(value: Any) -> Any:
+    if value == "Metric":
+        raise ValueError("posture 'Metric' is Prefect Cloud only; use 'Reactive' or 'Proactive'")
+    return value
+
+
+_DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
+
+
 def _seconds(value: Any) -> Any:
-    """Accept seconds (number), an ISO-8601 duration string, or a timedelta."""
+    """Accept seconds (a number), an ISO-8601 duration string (``PT10M``) or a timedelta."""
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        try:
+            return _DURATION.validate_python(value).total_seconds()
+        except ValidationError:
+            raise ValueError(
+                f"within must be seconds (a number) or an ISO-8601 duration such as 'PT10M'; "
+                f"got {value!r}"
+            ) from None
     return value
 
 
@@ -56,28 +84,37 @@ class EventTrigger(_TriggerBase):
     expect: set[str] = Field(default_factory=set)
     for_each: set[str] = Field(default_factory=set)
     posture: Posture = Posture.Reactive
-    threshold: int = 1
-    within: timedelta = Field(default=timedelta(0), ge=timedelta(0))
+    threshold: int = Field(default=1, ge=1)
+    within: timedelta = Field(default=timedelta(0), ge=timedelta(0), validate_default=True)
+
+    _compiled: matching.CompiledTrigger | None = PrivateAttr(default=None)
+
+    @field_validator("posture", mode="before")
+    @classmethod
+    def _posture_before(cls, value: Any) -> Any:
+        return _posture(value)
 
     @field_validator("within", mode="before")
     @classmethod
     def _within_before(cls, value: Any) -> Any:
         if value is None:
             raise ValueError("within may not be null; use 0 for immediate")
-        return value
+        return _seconds(value)
 
-    @model_validator(mode="after")
-    def _proactive_within(self) -> EventTrigger:
-        if self.posture is Posture.Proactive:
-            seconds = self.within.total_seconds()
-            if seconds == 0:
-                self.within = timedelta(seconds=PROACTIVE_MIN_WITHIN)
-            elif seconds < PROACTIVE_MIN_WITHIN:
-                raise ValueError(
-                    f"a Proactive trigger needs within >= {PROACTIVE_MIN_WITHIN:g} seconds "
-                    f"(got {seconds:g})"
-                )
-        return self
+    @field_validator("within", mode="after")
+    @classmethod
+    def _proactive_within(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        if info.data.get("posture") is not Posture.Proactive:
+            return value
+        seconds = value.total_seconds()
+        if seconds == 0:
+            return timedelta(seconds=PROACTIVE_MIN_WITHIN)
+        if seconds < PROACTIVE_MIN_WITHIN:
+            raise ValueError(
+                f"a Proactive trigger needs within >= {PROACTIVE_MIN_WITHIN:g} seconds "
+                f"(or 0, meaning {PROACTIVE_MIN_WITHIN:g}); got {seconds:g}"
+            )
+        return value
 
     @field_serializer("within")
     def _ser_within(self, value: timedelta) -> float:
@@ -94,6 +131,49 @@ class EventTrigger(_TriggerBase):
             return self.match_related
         return [self.match_related] if self.match_related else []
 
+    def __eq__(self, other: object) -> bool:
+        """Field equality: the compiled-matcher cache must not make equal triggers differ."""
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    # -- pure predicates (compiled once; treat a validated trigger as immutable) --------
+    @property
+    def compiled(self) -> matching.CompiledTrigger:
+        """The precompiled matcher, built on first use and kept on the model."""
+        private = self.__pydantic_private__  # direct: pydantic's __getattr__ costs ~2 us
+        assert private is not None
+        compiled: matching.CompiledTrigger | None = private.get("_compiled")
+        if compiled is None or compiled.trigger is not self:  # model_copy copies private attrs
+            compiled = private["_compiled"] = matching.CompiledTrigger(self)
+        return compiled
+
+    @property
+    def immediate(self) -> bool:
+        """Reactive with ``within`` 0: every expected event is evaluated on its own."""
+        return self.posture is Posture.Reactive and not self.within
+
+    def covers(self, event: Event) -> bool:
+        return self.compiled.covers(event)
+
+    def expects(self, name: str) -> bool:
+        return self.compiled.expects(name)
+
+    def starts_after(self, name: str) -> bool:
+        return self.compiled.starts_after(name)
+
+    def bucketing_key(self, event: Event) -> tuple[str, ...]:
+        return self.compiled.bucketing_key(event)
+
+    def triggering_labels(self, key: tuple[str, ...]) -> dict[str, str]:
+        return self.compiled.triggering_labels(key)
+
+    def meets_threshold(self, count: int) -> bool:
+        """Reactive: ``count >= threshold``; Proactive: ``count < threshold``."""
+        if self.posture is Posture.Reactive:
+            return count >= self.threshold
+        return count < self.threshold
+
 
 class CompoundTrigger(_TriggerBase):
     """Fires when ``require`` (any, all or N) of its children fired within ``within``."""
@@ -101,7 +181,7 @@ class CompoundTrigger(_TriggerBase):
     type: Literal["compound"] = "compound"
     triggers: list[Trigger] = Field(min_length=1)
     require: int | Literal["any", "all"]
-    within: timedelta | None = None
+    within: timedelta | None = Field(default=None, ge=timedelta(0))
 
     @field_validator("within", mode="before")
     @classmethod
@@ -109,13 +189,31 @@ class CompoundTrigger(_TriggerBase):
         return _seconds(value)
 
     @model_validator(mode="after")
-    def _require_in_range(self) -> CompoundTrigger:
-        if isinstance(self.require, int) and not 1 <= self.require <= len(self.triggers):
-            raise ValueError(
-                f"require must be 'any', 'all' or between 1 and {len(self.triggers)} "
-                f"(the number of triggers); got {self.require}"
-            )
+    def _unique_ids(self) -> CompoundTrigger:
+        _check_unique_ids(self)
         return self
+
+    @field_validator("require", mode="before")
+    @classmethod
+    def _require_shape(cls, value: Any) -> Any:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | str)
+            or (isinstance(value, str) and value not in ("any", "all"))
+        ):
+            raise ValueError(f"require must be 'any', 'all' or a number of triggers; got {value!r}")
+        return value
+
+    @field_validator("require", mode="after")
+    @classmethod
+    def _require_in_range(cls, value: int | str, info: ValidationInfo) -> int | str:
+        children = info.data.get("triggers")
+        if isinstance(value, int) and children is not None and not 1 <= value <= len(children):
+            raise ValueError(
+                f"require must be 'any', 'all' or between 1 and {len(children)} "
+                f"(the number of triggers); got {value}"
+            )
+        return value
 
     @field_serializer("within")
     def _ser_within(self, value: timedelta | None) -> float | None:
@@ -135,12 +233,17 @@ class SequenceTrigger(_TriggerBase):
 
     type: Literal["sequence"] = "sequence"
     triggers: list[Trigger] = Field(min_length=1)
-    within: timedelta | None = None
+    within: timedelta | None = Field(default=None, ge=timedelta(0))
 
     @field_validator("within", mode="before")
     @classmethod
     def _within_before(cls, value: Any) -> Any:
         return _seconds(value)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SequenceTrigger:
+        _check_unique_ids(self)
+        return self
 
     @field_serializer("within")
     def _ser_within(self, value: timedelta | None) -> float | None:
@@ -149,6 +252,18 @@ class SequenceTrigger(_TriggerBase):
     @property
     def needed(self) -> int:
         return len(self.triggers)
+
+
+def _check_unique_ids(trigger: CompoundTrigger | SequenceTrigger) -> None:
+    """Trigger ids key the window state, so one automation may not reuse one."""
+    seen: set[UUID] = {trigger.id}
+    stack: list[Any] = list(trigger.triggers)
+    while stack:
+        child = stack.pop()
+        if child.id in seen:
+            raise ValueError(f"trigger id {child.id} is used twice; trigger ids must be unique")
+        seen.add(child.id)
+        stack.extend(getattr(child, "triggers", ()))
 
 
 def _trigger_type(value: Any) -> str:
@@ -172,3 +287,56 @@ CompositeTrigger = CompoundTrigger | SequenceTrigger
 
 CompoundTrigger.model_rebuild()
 SequenceTrigger.model_rebuild()
+
+
+def never_fires(trigger: Trigger) -> str | None:
+    """A warning for ``apply``/``validate`` when (part of) ``trigger`` can never fire, else None.
+
+    Composite parents are reported only through their children: a compound ``any`` with one
+    dead child can still fire, so only children that block the parent are reported.
+    """
+    if isinstance(trigger, EventTrigger):
+        return _event_never_fires(trigger)
+    needed = trigger.needed if isinstance(trigger, CompoundTrigger) else len(trigger.triggers)
+    dead = [(i, w) for i, c in enumerate(trigger.triggers) if (w := never_fires(c))]
+    if len(trigger.triggers) - len(dead) >= needed:
+        return None
+    i, warning = dead[0]
+    return f"triggers[{i}]: {warning}"
+
+
+def _event_never_fires(trigger: EventTrigger) -> str | None:
+    empty = _empty_pattern_list(trigger)
+    if empty is not None:
+        return f"{empty} is an empty list, which matches nothing"
+    if (
+        trigger.posture is Posture.Proactive
+        and trigger.for_each
+        and not trigger.after
+        and trigger.threshold == 1
+    ):
+        return (
+            "a Proactive trigger with for_each, no 'after' and threshold 1 can never fire: "
+            "its windows are opened only by expected events, which already meet the "
+            "threshold; add 'after' (the event that starts the wait)"
+        )
+    if trigger.immediate and trigger.after and trigger.threshold > 1:
+        return (
+            "a Reactive trigger with 'after', within 0 and threshold > 1 can never fire: "
+            "its window closes at the first expected event; set 'within'"
+        )
+    return None
+
+
+def _empty_pattern_list(trigger: EventTrigger) -> str | None:
+    """The path of a ``match``/``match_related`` label whose pattern list is empty."""
+    specs: list[tuple[str, ResourceSpec]] = [("match", trigger.match)]
+    if isinstance(trigger.match_related, list):
+        specs += [(f"match_related[{i}]", s) for i, s in enumerate(trigger.match_related)]
+    else:
+        specs.append(("match_related", trigger.match_related))
+    for where, spec in specs:
+        for label, patterns in spec.items():
+            if patterns == []:
+                return f"{where}.{label}"
+    return None

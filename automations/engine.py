@@ -1,0 +1,315 @@
+"""The trigger engine: events stream -> window state in Redis -> firings (the outbox).
+
+One batch reads top to bottom (``handle_batch``): decode -> dedupe -> match -> apply ->
+(released followers) -> ack (by the ``StreamConsumer``).
+
+- **decode**: orjson; the pydantic ``Event`` is built only for events some trigger may care
+  about (their name is in the index). Others get a light check of the fields ordering and
+  dedupe need (id, occurred, event, resource id, follows). Anything invalid becomes a
+  ``Reject`` (dead-lettered with the reason).
+- **dedupe** drops repeats of an id inside the batch; the authoritative check is in Redis.
+- **match**: per event name, the covering triggers and their static op arguments come
+  precomputed (``triggers/plan.py``: ``TriggerIndex`` candidates and the name half of
+  ``covers``, once per name); per event only the resource check and ``for_each`` keys
+  remain. One operation per (event, trigger).
+- **apply**: one Lua script call per batch (``triggers/window.py``; a batch over
+  ``OPS_PER_CALL`` operations is split, so one call never blocks Redis for long) marks each
+  event seen (SET NX on ``keys.seen(id)``), holds followers whose leader was not processed
+  (``automations/ordering.py``), updates every bucket and writes every firing. Marking seen
+  is part of the same atomic step as the state change, so a crash before the script loses
+  nothing (the batch is redelivered and evaluated), a crash after it double-counts nothing
+  (the redelivered events are seen and skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+import anyio
+import redis.asyncio as aioredis
+
+from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
+from automations.errors import InvalidEvent
+from automations.events import Event, utcnow
+from automations.keys import ENGINE_GROUP, Keys
+from automations.models import Automation
+from automations.ordering import SKIPPED_EVENTS, FollowsOrdering, Incoming, decode_event
+from automations.reload import follow, resync
+from automations.settings import Settings
+from automations.store import AutomationStore
+from triggers.composite import WindowSpec, window_specs
+from triggers.index import TriggerIndex
+from triggers.plan import Planner, Step
+from triggers.window import Window, WindowBatch
+
+if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
+    from automations.service import ServiceContext
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 10_000  # apply calls per batch (each released follower chain costs one)
+OPS_PER_CALL = 2_000  # bucket operations per script call (~75 ms of Redis at the bench mix)
+
+
+class Engine:
+    """Evaluates the events stream against the loaded automations. All state is in Redis:
+    any number of engines may share a stream (consumer group ``engine``)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, *, keys: Keys | None = None,
+        clock: Callable[[], datetime] = utcnow, consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = keys or Keys(settings.prefix)
+        self.clock = clock
+        self._index = TriggerIndex()
+        self._specs: dict[tuple[UUID, UUID], WindowSpec] = {}
+        self._automations: dict[UUID, list[WindowSpec]] = {}
+        self._spec_of: dict[int, WindowSpec] = {}  # id(event trigger) -> its spec
+        self._planner = Planner(self.keys, self._index, self._spec_of.__getitem__)
+        self._window = Window(redis, self.keys, settings)
+        self.ordering = FollowsOrdering(redis, self.keys, settings)
+        self._consumer = StreamConsumer(
+            redis, settings, stream=self.keys.events, group=ENGINE_GROUP,
+            handler=self.handle_batch, dead_stream=self.keys.dead(self.keys.events),
+            consumer=consumer,
+        )
+        self.events = 0
+        self.fired = 0
+        self.rejected = 0
+        self.parked = 0
+
+    @property
+    def window(self) -> Window:
+        """The bucket scripts (for inspection: ``await engine.window.bucket(key)``)."""
+        return self._window
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine(automations={len(self._automations)}, triggers={len(self._specs)}, "
+            f"events={self.events}, fired={self.fired}, parked={self.parked}, "
+            f"rejected={self.rejected})"
+        )
+
+    # -- automations -----------------------------------------------------------------
+    async def load(self, automations: Iterable[Automation]) -> None:
+        """Replace the loaded automations (all of them: specs published for other triggers
+        are withdrawn from the timer). Window state in Redis is kept."""
+        for automation_id in list(self._automations):
+            self._forget(automation_id)
+        specs: list[WindowSpec] = []
+        for automation in automations:
+            if automation.enabled:
+                specs.extend(self._remember(automation))
+        await self._window.register(specs, replace=True)
+
+    async def upsert(self, automation: Automation, *, trigger_changed: bool) -> None:
+        """Add or replace one automation; a changed trigger starts from empty state."""
+        old = self._forget(automation.id)
+        if trigger_changed:
+            await self._window.unregister([s.trigger_id for s in old])
+            await self._window.reset(str(automation.id))
+        if automation.enabled:
+            await self._window.register(self._remember(automation))
+        else:
+            await self._window.unregister([s.trigger_id for s in old])
+
+    async def remove(self, automation_id: UUID) -> None:
+        """Stop evaluating an automation (deleted or paused). Its window state stays, so a
+        resumed automation carries on; state of a deleted one expires (reactive buckets are
+        swept, due proactive ones are dropped by the timer once the spec is gone)."""
+        old = self._forget(automation_id)
+        await self._window.unregister([s.trigger_id for s in old])
+
+    def _remember(self, automation: Automation) -> list[WindowSpec]:
+        specs = window_specs(automation.id, automation.name, automation.trigger, self.keys)
+        self._index.add(automation.id, automation.trigger)
+        self._automations[automation.id] = specs
+        self._planner.clear()
+        for spec in specs:
+            self._specs[(automation.id, spec.trigger.id)] = spec
+            self._spec_of[id(spec.trigger)] = spec
+        return specs
+
+    def _forget(self, automation_id: UUID) -> list[WindowSpec]:
+        self._index.remove(automation_id)
+        specs = self._automations.pop(automation_id, [])
+        self._planner.clear()
+        for spec in specs:
+            self._specs.pop((automation_id, spec.trigger.id), None)
+            self._spec_of.pop(id(spec.trigger), None)
+        return specs
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Consume until ``stop()``; held followers past ``follows_wait_s`` are released
+        alongside."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._release_loop)
+            await self._consumer.run()
+            tg.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._consumer.stop()
+
+    async def run_until_idle(self) -> int:
+        """Handle every pending and new event; returns how many stream entries were handled
+        (for tests and benchmarks). Lost followers wait for ``release_lost()``, which ``run``
+        calls every second."""
+        return await self._consumer.run_until_idle()
+
+    async def _release_loop(self) -> None:
+        while True:
+            await anyio.sleep(min(1.0, max(self.settings.follows_wait_s, 0.05)))
+            try:
+                await self.release_lost()
+            except Exception:  # Redis away: the consumer loop reports it; try again later
+                log.debug("releasing lost followers failed", exc_info=True)
+
+    async def release_lost(self) -> int:
+        """Evaluate followers held longer than ``follows_wait_s`` (their leader never came)."""
+        now = self.clock()
+        lost = await self.ordering.lost(now, self._planner)
+        if lost:
+            await self._evaluate(lost, now, lost={item.id for item in lost})
+        return len(lost)
+
+    async def handle_batch(self, entries: Sequence[Entry]) -> list[Reject]:
+        """One batch: decode -> dedupe -> match -> apply (Lua) -> released followers."""
+        now = self.clock()
+        incoming, rejects = self._decode(entries, now)
+        incoming = self._dedupe(incoming)
+        await self._evaluate(incoming, now)
+        self.events += len(entries)
+        self.rejected += len(rejects)
+        return rejects
+
+    def _decode(
+        self, entries: Sequence[Entry], now: datetime
+    ) -> tuple[list[Incoming], list[Reject]]:
+        incoming: list[Incoming] = []
+        rejects: list[Reject] = []
+        waits = self.ordering.waits
+        for entry in entries:
+            raw = entry.fields.get(b"data")
+            if raw is None:
+                rejects.append(Reject(entry, "stream entry has no 'data' field"))
+                continue
+            try:
+                item = decode_event(raw, self._planner)
+            except InvalidEvent as exc:
+                rejects.append(Reject(entry, f"invalid event: {exc}"))
+                continue
+            item.waits = waits(entry.id, now)
+            incoming.append(item)
+        return incoming, rejects
+
+    @staticmethod
+    def _dedupe(incoming: list[Incoming]) -> list[Incoming]:
+        seen: set[str] = set()
+        unique: list[Incoming] = []
+        for item in incoming:
+            if item.id not in seen:
+                seen.add(item.id)
+                unique.append(item)
+        return unique
+
+    async def _evaluate(
+        self, incoming: list[Incoming], now: datetime, *, lost: set[str] | None = None
+    ) -> None:
+        """Apply the events in order, at most ``OPS_PER_CALL`` operations per script call (a
+        script blocks Redis while it runs); followers released by an event go right after it,
+        except ``lost`` ones, which keep their place in ``incoming`` (as in the reference)."""
+        pending = incoming
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                return
+            batch = self._match(pending)
+            result = await self._window.apply(batch, now)
+            self.fired += result.fired
+            self.parked += result.parked
+            released = self.ordering.decode_released(result.released, self._planner)
+            if lost:
+                released = [item for item in released if item.id not in lost]
+            pending = released + pending[result.consumed:]
+        log.warning("follows chains too deep: %d events left for the next batch", len(pending))
+        raise RuntimeError("follows release did not converge")
+
+    def _match(self, incoming: list[Incoming]) -> WindowBatch:
+        """One operation per (event, covering trigger), in event order, for a prefix of
+        ``incoming`` (at least one event, at most about ``OPS_PER_CALL`` operations)."""
+        batch = WindowBatch(self.keys)
+        for item in incoming:
+            if batch.op_count >= OPS_PER_CALL:
+                break
+            counts = item.name not in SKIPPED_EVENTS
+            number = batch.add_event(
+                item.id, item.occurred_us, item.raw,
+                follows=item.follows, waits=item.waits, counts=counts,
+            )
+            if counts and item.event is not None:
+                self._ops(batch, number, item.event)
+        return batch
+
+    def _ops(self, batch: WindowBatch, number: int, event: Event) -> None:
+        """The event's operations: name-level work comes precomputed from the planner, only
+        the resource check and ``for_each`` keys are per event."""
+        plan = self._planner.plan(event.event)
+        resource, related = event.resource, event.related
+        steps = [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
+        if plan.ordered and len(steps) > 1 and not all(s.spec.top_level for s in steps):
+            steps.sort(key=_evaluation_order)  # a composite's children in trigger walk order
+        encode = self._planner.encode
+        for step in steps:
+            template = step.template
+            if template is None:
+                compiled = step.compiled
+                template = step.keyed(*encode(
+                    compiled, compiled.bucketing_key_parts(resource, related)))
+            batch.add_op(number, step.spec, template)
+
+
+def _evaluation_order(step: Step) -> tuple[str, int]:
+    return (step.spec.automation_id, step.spec.ordinal)
+
+
+async def _initial_load(
+    ctx: ServiceContext, store: AutomationStore, engine: Engine
+) -> str | None:
+    """Load the automations before the first event is read, waiting for Redis if needed."""
+    backoff = 0.1
+    while not ctx.stopping.is_set():
+        try:
+            return await resync(store, engine)
+        except CONNECTION_ERRORS as exc:
+            log.warning("engine: Redis unreachable while loading automations (%s)", exc)
+            with anyio.move_on_after(backoff):
+                await ctx.stopping.wait()
+            backoff = min(backoff * 2, ctx.settings.reconnect_max_s)
+    return None
+
+
+async def run_engine_service(ctx: ServiceContext) -> None:
+    """The ``engine`` service: load the stored automations, then consume the events stream
+    while following the store's change log (hot reload) until ``ctx.stopping``."""
+    engine = Engine(ctx.redis, ctx.settings, keys=ctx.keys)
+    store = AutomationStore(ctx.redis, ctx.keys)
+    position = await _initial_load(ctx, store, engine)
+    if position is None:
+        return  # stopped before Redis came back
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(follow, store, engine, ctx.stopping, after=position))
+
+        async def stop_when_asked() -> None:
+            await ctx.stopping.wait()
+            engine.stop()
+
+        tg.start_soon(stop_when_asked)
+        await engine.run()
+        tg.cancel_scope.cancel()

@@ -1,0 +1,86 @@
+"""The proactive timer: fires Proactive windows within a second of their end.
+
+Every bucket that can become due is in the ``deadlines`` sorted set (score: its end for a
+Proactive bucket, end + 60 s for a Reactive one, which is then swept). The timer sleeps until
+the earliest deadline, but never longer than ``settings.proactive_poll_max_s``, so a nearer
+deadline added meanwhile (by any engine process) is seen within that bound. One ``tick`` is
+one Lua script (``triggers/lua/tick.lua``) that claims the due buckets (ZREM) and evaluates
+them in the same atomic step: with any number of timers, each window fires exactly once.
+
+"Due" is judged as of now plus the events-clock offset (reference 3.7): when the engines are
+30 s behind the stream, windows are evaluated 30 s in the past, so a window does not fire
+for events still queued. The timer needs no automations loaded: the engines publish the
+trigger specs in Redis (a timer alone in a process works).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import redis.asyncio as aioredis
+
+from automations.bus import CONNECTION_ERRORS
+from automations.events import utcnow
+from automations.keys import Keys
+from automations.settings import Settings
+from triggers.window import TICK_LIMIT, TickResult, Window
+
+if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
+    from automations.service import ServiceContext
+
+log = logging.getLogger(__name__)
+
+
+class ProactiveTimer:
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, *, keys: Keys | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._window = Window(redis, keys or Keys(settings.prefix), settings)
+        self.ticks = 0
+        self.fired = 0
+
+    def __repr__(self) -> str:
+        return f"ProactiveTimer(ticks={self.ticks}, fired={self.fired})"
+
+    async def tick(self) -> TickResult:
+        """Handle everything due now (several script calls if more than a page is due)."""
+        while True:
+            result = await self._window.tick(self.clock(), TICK_LIMIT)
+            self.ticks += 1
+            self.fired += result.fired
+            if result.due < TICK_LIMIT:
+                return result
+
+    def sleep_for(self, result: TickResult) -> float:
+        """Seconds until the next deadline (as of the lagged clock), capped by the poll bound."""
+        cap = self.settings.proactive_poll_max_s
+        if result.next_deadline is None:
+            return cap
+        return max(0.0, min(cap, (result.next_deadline - result.as_of).total_seconds()))
+
+    async def run(self, stopping: anyio.Event) -> None:
+        """Tick until ``stopping``; survives Redis outages with a capped backoff."""
+        backoff = 0.05
+        while not stopping.is_set():
+            try:
+                delay = self.sleep_for(await self.tick())
+                backoff = 0.05
+            except CONNECTION_ERRORS as exc:
+                log.warning("proactive timer: Redis unreachable (%s); retrying", exc)
+                delay = backoff
+                backoff = min(backoff * 2, self.settings.reconnect_max_s)
+            with anyio.move_on_after(delay):
+                await stopping.wait()
+
+
+async def run_timer_service(ctx: ServiceContext) -> None:
+    """The ``timer`` service of ``automations serve``."""
+    timer = ProactiveTimer(ctx.redis, ctx.settings, keys=ctx.keys)
+    await timer.run(ctx.stopping)

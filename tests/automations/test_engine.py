@@ -1,0 +1,190 @@
+"""Reactive behaviours of reference section 3.5 on the Redis engine, plus the outbox shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from automations.bus import Entry
+from automations.settings import Settings
+from tests.automations.engine_harness import Clock, Harness, automation, event, event_ids
+
+FAILED = "prefect.flow-run.Failed"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
+    return Harness(redis, settings, clock)
+
+
+def reactive(**fields: Any) -> dict[str, Any]:
+    return {"posture": "Reactive", "expect": [FAILED], **fields}
+
+
+async def test_every_event_fires_with_within_zero(h: Harness) -> None:
+    await h.load(automation(reactive()))
+    events = [event(FAILED, i) for i in range(3)]
+    firings = await h.send(*events)
+    assert event_ids(firings) == [str(e.id) for e in events]
+
+
+async def test_firing_and_triggered_event_written_together(h: Harness) -> None:
+    a = automation(reactive(for_each=["prefect.resource.id"]), name="failures")
+    await h.load(a)
+    e = event(FAILED, 0, "flow-run.1")
+    [firing] = await h.send(e)
+    assert firing.automation_id == a.id
+    assert firing.trigger_id == a.trigger.id
+    assert firing.triggering_labels == {"prefect.resource.id": "flow-run.1"}
+    assert firing.triggering_event is not None and firing.triggering_event["id"] == str(e.id)
+    [triggered] = await h.automation_events()
+    assert triggered.event == "prefect.automation.triggered"
+    assert triggered.id == firing.automation_triggered_event_id
+    assert triggered.resource == {
+        "prefect.resource.id": f"prefect.automation.{a.id}",
+        "prefect.resource.name": "failures",
+        "prefect.posture": "Reactive",
+    }
+    assert triggered.related == [{
+        "prefect.resource.id": f"prefect.event.{e.id}",
+        "prefect.resource.role": "triggering-event",
+    }]
+    assert triggered.payload["triggering_labels"] == {"prefect.resource.id": "flow-run.1"}
+    assert triggered.payload["triggering_event"]["id"] == str(e.id)
+    assert await h.redis.hget(h.keys.last_fired, str(a.id)) is not None
+
+
+async def test_threshold_fires_eagerly_then_cools_down(h: Harness) -> None:
+    await h.load(automation(reactive(threshold=3, within=60)))
+    assert await h.send(event(FAILED, 0), event(FAILED, 10)) == []
+    third = event(FAILED, 20)
+    assert event_ids(await h.send(third)) == [str(third.id)]
+    # the next window is [60, 120): events until the old end are ignored, not counted
+    assert await h.send(event(FAILED, 30), event(FAILED, 40), event(FAILED, 50)) == []
+    assert await h.send(event(FAILED, 61), event(FAILED, 62)) == []
+    assert len(await h.send(event(FAILED, 63))) == 1
+
+
+async def test_debounce_with_threshold_one(h: Harness) -> None:
+    await h.load(automation(reactive(within=60, for_each=["prefect.resource.id"])))
+    first = await h.send(event(FAILED, 0, "a"), event(FAILED, 1, "b"))
+    assert len(first) == 2
+    assert await h.send(event(FAILED, 30, "a"), event(FAILED, 59, "b")) == []
+    assert len(await h.send(event(FAILED, 60, "a"))) == 1
+
+
+async def test_expired_window_starts_fresh_and_counts_the_event(h: Harness) -> None:
+    await h.load(automation(reactive(threshold=2, within=10)))
+    assert await h.send(event(FAILED, 0)) == []
+    assert await h.send(event(FAILED, 100)) == []  # beyond the window: opens [100, 110)
+    assert len(await h.send(event(FAILED, 105))) == 1
+
+
+async def test_first_window_is_backdated(h: Harness) -> None:
+    await h.load(automation(reactive(threshold=2, within=60)))
+    assert await h.send(event(FAILED, 1000)) == []
+    late = event(FAILED, 1000 - 600)  # 10 min earlier: inside the backdated window
+    assert event_ids(await h.send(late)) == [str(late.id)]
+
+
+async def test_after_then_expect(h: Harness) -> None:
+    await h.load(automation(reactive(after=["prefect.flow-run.Running"], within=60)))
+    assert await h.send(event(FAILED, 0)) == []  # no window: held, nothing opened it
+    assert await h.send(event("prefect.flow-run.Running", 100)) == []
+    assert len(await h.send(event(FAILED, 110))) == 1
+    assert await h.send(event(FAILED, 120)) == []  # the bucket is gone: needs a new after
+
+
+async def test_expect_before_after_is_held_and_counted(h: Harness) -> None:
+    await h.load(automation(reactive(after=["prefect.flow-run.Running"], within=60)))
+    failed = event(FAILED, 10)
+    assert await h.send(failed) == []
+    firings = await h.send(event("prefect.flow-run.Running", 0))
+    assert event_ids(firings) == [str(failed.id)]
+
+
+async def test_duplicates_count_once(h: Harness) -> None:
+    await h.load(automation(reactive(threshold=2, within=60)))
+    e = event(FAILED, 0)
+    assert await h.send(e, e) == []
+    assert await h.send(e) == []
+    assert len(await h.send(event(FAILED, 1))) == 1
+
+
+async def test_reactive_within_zero_threshold_n_expires(h: Harness, clock: Clock) -> None:
+    await h.load(automation(reactive(threshold=2)))
+    assert await h.send(event(FAILED, 0)) == []
+    clock.advance(3600)
+    assert await h.send(event(FAILED, 3600)) == []  # the first count was swept
+    assert len(await h.send(event(FAILED, 3601))) == 1
+
+
+async def test_invalid_events_are_rejected_not_fatal(h: Harness) -> None:
+    await h.load(automation(reactive()))
+    entries = [
+        Entry("1-0", {b"data": b"not json"}, 1),
+        Entry("1-1", {b"data": orjson.dumps({"id": "x", "occurred": "y", "event": FAILED})}, 1),
+        Entry("1-2", {b"other": b"1"}, 1),
+        Entry("1-3", {b"data": event(FAILED, 0).to_json()}, 1),
+    ]
+    rejects = await h.engine.handle_batch(entries)
+    assert [r.entry.id for r in rejects] == ["1-0", "1-1", "1-2"]
+    assert "id" in rejects[1].reason
+    assert len(await h.firings()) == 1
+
+
+async def test_log_write_is_skipped(h: Harness) -> None:
+    await h.load(automation({"posture": "Reactive", "expect": ["prefect.log.*"]}))
+    assert await h.send(event("prefect.log.write", 0)) == []
+
+
+async def test_repr(h: Harness) -> None:
+    await h.load(automation(reactive()))
+    await h.send(event(FAILED, 0))
+    assert "fired=1" in repr(h.engine)
+
+
+async def test_redelivered_batch_is_not_counted_twice(h: Harness) -> None:
+    """A crash after the script but before XACK redelivers the batch: nothing doubles."""
+    await h.load(automation(reactive(threshold=2, within=60)))
+    entries = [Entry(f"1-{i}", {b"data": event(FAILED, i).to_json()}, 1) for i in range(3)]
+    await h.engine.handle_batch(entries)
+    await h.engine.handle_batch([Entry(e.id, e.fields, 2) for e in entries])
+    assert len(await h.firings()) == 1
+
+
+async def test_large_batches_are_split_across_script_calls(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("automations.engine.OPS_PER_CALL", 2)
+    await h.load(automation(reactive(threshold=2, within=60)), automation(reactive(), name="b"))
+    leader = event("prefect.flow-run.Running", 0)
+    follower = event(FAILED, 5, follows=leader.id)
+    firings = await h.send(follower, event(FAILED, 1), event(FAILED, 2), leader)
+    assert len(firings) == 4  # three "every" firings, one "threshold 2"
+
+
+async def test_immediate_trigger_fires_without_bucket_state(h: Harness) -> None:
+    """Reactive, within 0, threshold 1: every event fires and no bucket is ever written."""
+    a = automation(reactive(for_each=["prefect.resource.id"]))
+    await h.load(a)
+    firings = await h.send(event(FAILED, 0, "r1"), event(FAILED, 1, "r1"), event(FAILED, 2, "r2"))
+    assert [f.triggering_labels["prefect.resource.id"] for f in firings] == ["r1", "r1", "r2"]
+    assert [k async for k in h.redis.scan_iter(match=h.keys.bucket(str(a.id), "*", "*"))] == []
+    assert await h.redis.zcard(h.keys.deadlines) == 0
+
+
+async def test_last_fired_is_recorded_for_every_automation_of_a_batch(h: Harness) -> None:
+    autos = [automation(reactive(), name=f"a{i}") for i in range(3)]
+    await h.load(*autos)
+    assert len(await h.send(event(FAILED, 0))) == 3
+    assert sorted(await h.redis.hkeys(h.keys.last_fired)) == sorted(
+        str(a.id).encode() for a in autos)

@@ -1,0 +1,136 @@
+"""Window specs: how one event trigger, with its composite ancestors, is described to Lua.
+
+An automation's trigger tree is flattened into one ``WindowSpec`` per event trigger. Its
+``json`` carries what the window scripts need: posture, threshold, window length, whether
+``after``/``for_each`` are set, the firing and ``prefect.automation.triggered`` fragments,
+and the ``chain`` of composite parents (innermost first). A child's firing climbs that chain
+inside the same script: each parent keeps the latest firing per child in the hash
+``keys.composite(automation, parent)``, expires old ones (``within``, wall clock), checks
+``any``/``all``/N or the sequence order and clears the hash when it fires (check-and-clear
+is atomic because it is part of the script). Child labels are merged into the parent firing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from automations.events import RESOURCE_ID, RESOURCE_NAME
+from automations.keys import Keys
+from triggers.matching import CompiledTrigger, all_event_triggers, effective_within
+from triggers.models import (
+    CompositeTrigger,
+    EventTrigger,
+    Posture,
+    SequenceTrigger,
+    Trigger,
+)
+
+US = 1_000_000
+
+
+def to_us(seconds: float) -> int:
+    return round(seconds * US)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowSpec:
+    """One event trigger as the engine evaluates it (built once per automation load)."""
+
+    automation_id: str
+    trigger: EventTrigger
+    compiled: CompiledTrigger
+    top_level: bool
+    json: str
+    proactive: bool
+    global_key: str | None  # the one bucket of a Proactive trigger without for_each/after
+    ordinal: int  # position in the automation's trigger walk (evaluation order)
+
+    @property
+    def trigger_id(self) -> str:
+        return str(self.trigger.id)
+
+    @property
+    def has_after(self) -> bool:
+        return bool(self.trigger.after)
+
+    def __repr__(self) -> str:
+        t = self.trigger
+        return (
+            f"WindowSpec(automation={self.automation_id}, trigger={t.id}, "
+            f"posture={t.posture.value}, threshold={t.threshold}, "
+            f"within={effective_within(t).total_seconds():g}s, top_level={self.top_level})"
+        )
+
+
+def _fragment(automation_id: str, trigger_id: UUID) -> str:
+    return f'"automation_id":"{automation_id}","trigger_id":"{trigger_id}"'
+
+
+def _chain_link(automation_id: str, parent: CompositeTrigger, keys: Keys) -> dict[str, Any]:
+    within = -1 if parent.within is None else to_us(parent.within.total_seconds())
+    return {
+        "k": keys.composite(automation_id, str(parent.id)),
+        "t": str(parent.id),
+        "s": 1 if isinstance(parent, SequenceTrigger) else 0,
+        "n": parent.needed,
+        "w": within,
+        "o": [str(child.id) for child in parent.triggers],
+        "ff": _fragment(automation_id, parent.id),
+    }
+
+
+def immediate(trigger: EventTrigger) -> bool:
+    """Reactive, ``within`` 0, threshold 1, no ``after``: every covered event fires it at
+    once, so it needs no window state (only the dedupe and the outbox write)."""
+    return (trigger.posture is Posture.Reactive and trigger.threshold == 1
+            and not trigger.after and effective_within(trigger).total_seconds() == 0)
+
+
+def window_specs(automation_id: UUID, name: str, trigger: Trigger, keys: Keys) -> list[WindowSpec]:
+    """Every event trigger of an automation, described for the window scripts."""
+    aid = str(automation_id)
+    resource: dict[str, str] = {RESOURCE_ID: f"prefect.automation.{aid}", RESOURCE_NAME: name}
+    if isinstance(trigger, EventTrigger):
+        resource["prefect.posture"] = trigger.posture.value
+    resource_json = orjson.dumps(resource).decode()
+    specs: list[WindowSpec] = []
+    for ordinal, path in enumerate(all_event_triggers(trigger)):
+        t = path.trigger
+        tid = str(t.id)
+        proactive = t.posture is Posture.Proactive
+        top_level = not path.parents
+        is_global = proactive and not t.for_each and not t.after
+        body: dict[str, Any] = {
+            "a": aid,
+            "t": tid,
+            "ix": ordinal,
+            "p": 1 if proactive else 0,
+            "th": t.threshold,
+            "w": to_us(effective_within(t).total_seconds()),
+            "af": 1 if t.after else 0,
+            "fe": 1 if t.for_each else 0,
+            "ff": _fragment(aid, t.id),
+            "er": resource_json,
+            "ch": [_chain_link(aid, p, keys) for p in reversed(path.parents)],
+            # immediate: fires on every covered event and keeps no bucket (no Redis read)
+            "im": 1 if immediate(t) else 0,
+        }
+        global_key = keys.bucket(aid, tid, "") if is_global else None
+        if global_key is not None:
+            body["gk"] = global_key
+            body["gu"] = keys.unresolved(aid, tid, "") if top_level else ""
+        specs.append(WindowSpec(
+            automation_id=aid,
+            trigger=t,
+            compiled=t.compiled,
+            top_level=top_level,
+            json=orjson.dumps(body).decode(),
+            proactive=proactive,
+            global_key=global_key,
+            ordinal=ordinal,
+        ))
+    return specs

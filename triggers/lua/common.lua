@@ -1,0 +1,435 @@
+-- Shared window state machine (reference sections 3.3, 3.4, 3.11, 3.13), prepended to
+-- apply.lua and tick.lua by triggers/window.py. Everything here runs inside ONE script call,
+-- so a bucket's read-modify-write, the firing it causes (firings stream = outbox), the
+-- prefect.automation.triggered event and last_fired are a single atomic step.
+--
+-- Times are integer microseconds (exact in a Lua double); they are always written with
+-- fmt() because Redis would format a Lua number with 14 significant digits.
+--
+-- ARGV[1] is the header (JSON): now (wall us), iso (wall ISO), idb (28-char id base), fs
+-- (firings stream), es (events stream), lf (last_fired hash), dl
+-- (deadlines zset), sweep (us a reactive bucket lives after its end), lookback (us),
+-- held_keep (us a held expect event outlives its window), uttl (s an unresolved proactive
+-- firing waits for its resolution), gl (hash trigger id -> spec of global proactive triggers).
+local H = cjson.decode(ARGV[1])
+local NOW = H.now
+local ISO = H.iso
+local SEQ = 0
+local FIRED = 0
+local ASOF = NOW  -- the events clock "as of" time; apply.lua moves it per event
+
+local function fmt(n) return string.format('%.0f', n) end
+
+-- A fresh UUID per call: the batch's uuid7 base plus a counter in the last 8 hex digits.
+local function newid()
+  SEQ = SEQ + 1
+  return H.idb .. string.format('%08x', SEQ)
+end
+
+-- Bucket: s, e (window [s, e)), c (count), l/i (last event JSON and id, proactive only),
+-- lb (triggering labels JSON), t (trigger id, so the timer can find the spec), u (key of the
+-- unresolved counter of a top-level proactive trigger, "" otherwise).
+--
+-- Buckets go through a write-back cache for the length of one script call: each is read from
+-- Redis once and written once (flush, at the end of the script), however many events of the
+-- batch hit it. The script is atomic, so nobody can observe the deferred writes.
+local LAST_FIRED = {}  -- automation ids that fired in this call (array part: in order)
+local COMPOSITES = {}  -- composite hash key -> its state (write-back, as buckets)
+local COMPOSITE_ORDER = {}
+local CACHE = {}    -- key -> bucket table, or false (absent or deleted)
+local STORED = {}   -- key -> true when Redis held the key when this script first read it
+local TOUCHED = {}  -- changed keys, in order of first change
+local TOUCHED_SET = {}
+
+local function touch(key)
+  if not TOUCHED_SET[key] then
+    TOUCHED_SET[key] = true
+    TOUCHED[#TOUCHED + 1] = key
+  end
+end
+
+-- Every field (the timer's path).
+local function read_bucket(key)
+  local cached = CACHE[key]
+  if cached ~= nil then return cached or nil end
+  local v = redis.call('HMGET', key, 's', 'e', 'c', 'l', 'i', 'lb', 't', 'u')
+  if not v[1] then
+    CACHE[key] = false
+    return nil
+  end
+  local e = tonumber(v[2])
+  local b = {key = key, s = tonumber(v[1]), e = e, e0 = e, c = tonumber(v[3]),
+             l = v[4] or nil, i = v[5] or nil, lb = v[6] or '{}', t = v[7], u = v[8] or '',
+             lknown = true}
+  STORED[key] = true
+  CACHE[key] = b
+  return b
+end
+
+-- The hot path reads only the window and count; labels and the unresolved key come from the
+-- caller, the last event is fetched only when a firing needs it (last_of).
+local function read_window(key, lb, u)
+  local cached = CACHE[key]
+  if cached ~= nil then return cached or nil end
+  local v = redis.call('HMGET', key, 's', 'e', 'c')
+  if not v[1] then
+    CACHE[key] = false
+    return nil
+  end
+  local e = tonumber(v[2])
+  local b = {key = key, s = tonumber(v[1]), e = e, e0 = e, c = tonumber(v[3]), lb = lb, u = u,
+             lknown = false}
+  STORED[key] = true
+  CACHE[key] = b
+  return b
+end
+
+-- The last event of a stored bucket (unchanged in Redis until the flush).
+local function last_of(b)
+  if not b.lknown then
+    local v = redis.call('HMGET', b.key, 'l', 'i')
+    b.l = v[1] or nil
+    b.i = v[2] or nil
+    b.lknown = true
+  end
+  return b.l, b.i
+end
+
+-- A new window for `key` (replacing whatever was there).
+local function new_bucket(sp, key, lb, u, s, e, c, ev)
+  local b = {key = key, s = s, e = e, c = c, lb = lb, u = u, t = sp.t, fresh = true,
+             lknown = true}
+  if ev then b.l = ev.raw; b.i = ev.id; b.ldirty = true end
+  return b
+end
+
+local function drop(b)
+  CACHE[b.key] = false
+  touch(b.key)
+end
+
+-- A proactive bucket that met its threshold with after or for_each can never fire: it is
+-- deleted at once instead (reference point 4).
+local function save(sp, b)
+  if sp.p == 1 and b.c >= sp.th and (sp.af == 1 or sp.fe == 1) then
+    drop(b)
+    return
+  end
+  b.sp = sp
+  b.dirty = true
+  CACHE[b.key] = b
+  touch(b.key)
+end
+
+-- Writes what changed: per bucket one HSET (after a DEL when a stored bucket was replaced),
+-- and a ZADD only when the deadline moved.
+local function write(b)
+  local sp = b.sp
+  local args = {'HSET', b.key, 's', fmt(b.s), 'e', fmt(b.e), 'c', fmt(b.c)}
+  if b.fresh then
+    if STORED[b.key] then redis.call('DEL', b.key) end
+    args[9] = 'lb'; args[10] = b.lb; args[11] = 't'; args[12] = sp.t; args[13] = 'u'
+    args[14] = b.u
+  end
+  if b.l and (b.fresh or b.ldirty) then
+    local n = #args
+    args[n + 1] = 'l'; args[n + 2] = b.l; args[n + 3] = 'i'; args[n + 4] = b.i
+  end
+  redis.call(unpack(args))
+  if b.fresh or b.e ~= b.e0 then
+    -- Proactive buckets are due at their end; reactive ones are swept a while after it.
+    local due = b.e
+    if sp.p == 0 then due = b.e + H.sweep end
+    redis.call('ZADD', H.dl, fmt(due), b.key)
+  end
+end
+
+-- A bucket as the engine sees it: a Reactive one past its sweep time is already gone.
+local function live_bucket(sp, key, lb, u)
+  local b = read_window(key, lb, u)
+  if b and sp.p == 0 and b.e + H.sweep <= ASOF then
+    drop(b)
+    return nil
+  end
+  return b
+end
+
+-- Opens the global window of Proactive triggers without for_each and without after if it is
+-- missing (reference point 4: at the first event or timer tick after the trigger is loaded).
+local function ensure_globals()
+  local gl = redis.call('HGETALL', H.gl)
+  for j = 2, #gl, 2 do
+    local sp = cjson.decode(gl[j])
+    local cached = CACHE[sp.gk]
+    local present = cached
+    if cached == nil then present = redis.call('EXISTS', sp.gk) == 1 end
+    if not present then
+      save(sp, new_bucket(sp, sp.gk, '{}', sp.gu, ASOF, ASOF + sp.w, 0, nil))
+    end
+  end
+end
+
+-- Firing JSON (triggers/firing.py shape).
+local function firing_json(ff, lb, evraw, tf, aeid, state)
+  local ae = 'null'
+  if aeid then ae = '"' .. aeid .. '"' end
+  return '{"id":"' .. newid() .. '",' .. ff .. ',"trigger_states":["' .. (state or 'Triggered')
+    .. '"],"triggered":"'
+    .. ISO .. '","triggering_labels":' .. lb .. ',"triggering_event":' .. (evraw or 'null')
+    .. ',"triggering_firings":' .. tf .. ',"automation_triggered_event_id":' .. ae .. '}'
+end
+
+-- The outbox: firing to the firings stream, prefect.automation.triggered/resolved (reference
+-- 3.13) to the events stream, last_fired for `ls`. A Triggered top-level proactive firing
+-- arms its key's Resolved counter (DESIGN.md section 5).
+local function publish(sp, lb, evraw, evid, tf, ff, state, u)
+  state = state or 'Triggered'
+  local eid = newid()
+  local fj = firing_json(ff, lb, evraw, tf, eid, state)
+  local name = 'prefect.automation.triggered'
+  if state == 'Resolved' then
+    name = 'prefect.automation.resolved'
+  elseif u and u ~= '' then
+    redis.call('SET', u, sp.th, 'EX', H.uttl)
+  end
+  local rel = '[]'
+  if evid then
+    rel = '[{"prefect.resource.id":"prefect.event.' .. evid
+      .. '","prefect.resource.role":"triggering-event"}]'
+  end
+  local ej = '{"id":"' .. eid .. '","occurred":"' .. ISO
+    .. '","event":"' .. name .. '","resource":' .. sp.er .. ',"related":' .. rel
+    .. ',"payload":{"triggering_labels":' .. lb .. ',"triggering_event":' .. (evraw or 'null')
+    .. '},"follows":null}'
+  -- no MAXLEN here: the consumers trim both streams, never past a pending entry
+  redis.call('XADD', H.fs, '*', 'data', fj)
+  redis.call('XADD', H.es, '*', 'data', ej, 'id', eid)
+  if not LAST_FIRED[sp.a] then  -- written once per automation at the flush
+    LAST_FIRED[sp.a] = true
+    LAST_FIRED[#LAST_FIRED + 1] = sp.a
+  end
+  FIRED = FIRED + 1
+end
+
+local function merge_labels(items)
+  local merged = {}
+  local any = false
+  for _, it in ipairs(items) do
+    if it.lb ~= '{}' then
+      for k, v in pairs(cjson.decode(it.lb)) do merged[k] = v; any = true end
+    end
+  end
+  if not any then return '{}' end
+  return cjson.encode(merged)
+end
+
+-- One composite level (reference 3.11, point 8): keep the latest firing per child in a hash,
+-- drop the ones older than within (wall clock), check readiness and clear, all inside this
+-- script. Stored value: "<fired us> <#labels> <labels><firing json>". Returns the children
+-- in declared order when the parent fires, else nil. The hash is read once per script call
+-- and written back by flush() (children that fire together, the usual case of `all` on one
+-- event, never touch Redis beyond that one read).
+local function composite_state(c)
+  local st = COMPOSITES[c.k]
+  if st then return st end
+  st = {c = c, items = {}, loaded = {}, stored = false, dirty = false}
+  local all = redis.call('HGETALL', c.k)
+  for j = 1, #all, 2 do
+    local v = all[j + 1]
+    local t, n, rest = string.match(v, '^(%d+) (%d+) ()')
+    n = tonumber(n)
+    st.items[all[j]] = {id = all[j], t = tonumber(t), lb = string.sub(v, rest, rest + n - 1),
+                        fj = string.sub(v, rest + n)}
+    st.loaded[all[j]] = true
+    st.stored = true
+  end
+  COMPOSITES[c.k] = st
+  COMPOSITE_ORDER[#COMPOSITE_ORDER + 1] = c.k
+  return st
+end
+
+local function composite_step(c, child_t, child_lb, child_json)
+  local st = composite_state(c)
+  local kept = st.items
+  if c.w >= 0 then
+    for id, it in pairs(kept) do
+      if it.t < NOW - c.w then kept[id] = nil end
+    end
+  end
+  kept[child_t] = {id = child_t, t = NOW, lb = child_lb, fj = child_json, new = true}
+  st.dirty = true
+  local items = {}
+  for _, id in ipairs(c.o) do
+    if kept[id] then items[#items + 1] = kept[id] end
+  end
+  local ready
+  if c.s == 1 then
+    ready = #items == #c.o
+    for k = 2, #items do
+      if items[k - 1].t > items[k].t then ready = false end
+    end
+  else
+    ready = #items >= c.n
+  end
+  if not ready then return nil end
+  st.items = {}
+  return items
+end
+
+local function flush_composite(st)
+  local hk = st.c.k
+  if next(st.items) == nil then
+    if st.stored then redis.call('DEL', hk) end
+    return
+  end
+  local gone = {}
+  for id in pairs(st.loaded) do
+    if not st.items[id] then gone[#gone + 1] = id end
+  end
+  if #gone > 0 then redis.call('HDEL', hk, unpack(gone)) end
+  local args = {'HSET', hk}
+  for _, id in ipairs(st.c.o) do
+    local it = st.items[id]
+    if it and it.new then
+      args[#args + 1] = id
+      args[#args + 1] = fmt(it.t) .. ' ' .. #it.lb .. ' ' .. it.lb .. it.fj
+    end
+  end
+  if #args > 2 then redis.call(unpack(args)) end
+  if st.c.w >= 0 then redis.call('PEXPIRE', hk, math.floor(st.c.w / 1000) + 60000) end
+end
+
+-- Writes back every bucket and composite hash the call changed, and last_fired.
+local function flush()
+  for _, hk in ipairs(COMPOSITE_ORDER) do
+    local st = COMPOSITES[hk]
+    if st.dirty then flush_composite(st) end
+  end
+  for j = 1, #LAST_FIRED, 500 do
+    local args = {'HSET', H.lf}
+    for k = j, math.min(j + 499, #LAST_FIRED) do
+      args[#args + 1] = LAST_FIRED[k]
+      args[#args + 1] = ISO
+    end
+    redis.call(unpack(args))
+  end
+  for _, key in ipairs(TOUCHED) do
+    local b = CACHE[key]
+    if b == false then
+      if STORED[key] then
+        redis.call('DEL', key)
+        redis.call('ZREM', H.dl, key)
+      end
+    elseif b.dirty then
+      write(b)
+    end
+  end
+end
+
+-- FIRE (reference 3.4): straight to the outbox for a top-level trigger, else up the chain of
+-- composite parents (innermost first); only the root's firing reaches the outbox.
+local function fire(sp, b, evraw, evid)
+  local chain = sp.ch
+  if #chain == 0 then
+    return publish(sp, b.lb, evraw, evid, '[]', sp.ff, 'Triggered', b.u)
+  end
+  local child = {id = sp.t, lb = b.lb, fj = firing_json(sp.ff, b.lb, evraw, '[]', nil)}
+  for i = 1, #chain do
+    local c = chain[i]
+    local items
+    if c.n <= 1 then
+      items = {child}
+    else
+      items = composite_step(c, child.id, child.lb, child.fj)
+      if not items then return end
+    end
+    local fjs = {}
+    for k, it in ipairs(items) do fjs[k] = it.fj end
+    local tf = '[' .. table.concat(fjs, ',') .. ']'
+    local labels = merge_labels(items)
+    if i == #chain then
+      return publish(sp, labels, evraw, evid, tf, c.ff)
+    end
+    child = {id = c.t, lb = labels, fj = firing_json(c.ff, labels, evraw, tf, nil)}
+  end
+end
+
+-- Expect events of an `after` trigger that arrived before any window of their key are held
+-- (scored by occurred); a window that opens counts and forgets the ones inside it, and the
+-- latest becomes its last event (reference point 6). Those older than occurred + W + 15 min
+-- <= as_of are dropped.
+local function take_held(hk, b, sp)
+  if not hk or hk == '' or redis.call('EXISTS', hk) == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', hk, '-inf', fmt(ASOF - sp.w - H.held_keep))
+  local hi = '(' .. fmt(b.e)
+  if sp.p == 0 and sp.w == 0 then hi = '+inf' end
+  local got = redis.call('ZRANGEBYSCORE', hk, fmt(b.s), hi)
+  if #got == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', hk, fmt(b.s), hi)
+  b.c = b.c + #got
+  local last = got[#got]
+  local cut = string.find(last, ' ', 1, true)
+  b.i = string.sub(last, 1, cut - 1)
+  b.l = string.sub(last, cut + 1)
+  b.ldirty = true
+  b.lknown = true
+  return #got
+end
+
+-- EVALUATE (reference 3.4). ev = {id, raw, t, A (after event), E (expected), hk (held key)}
+-- or nil. Returns the surviving bucket (saved) or nil (deleted).
+local function evaluate(sp, b, now, ev)
+  local count = 0
+  if ev then count = 1 end
+  if now < b.s then return b end  -- late event or cooldown: ignored, nothing written
+  local reactive = sp.p == 0
+  if count == 1 and ((reactive and sp.w == 0) or (b.s <= now and now < b.e)) then
+    b.c = b.c + 1
+    count = 0
+    if not reactive then
+      b.l = ev.raw; b.i = ev.id; b.ldirty = true; b.lknown = true
+    end
+  end
+  local meets
+  if reactive then meets = b.c >= sp.th else meets = b.c < sp.th end
+  local ready = reactive or b.e <= now
+  local fired = false
+  if ready and meets then
+    if ev then
+      fire(sp, b, ev.raw, ev.id)
+    else
+      local l, i = last_of(b)
+      fire(sp, b, l, i)
+    end
+    drop(b)
+    fired = true
+  elseif now < b.e then
+    if ev and not reactive and not meets and ev.A and ev.E then  -- sliding heartbeat window
+      local nb = new_bucket(sp, b.key, b.lb, b.u, ev.t, ev.t + sp.w, 0, ev)
+      take_held(ev.hk, nb, sp)
+      save(sp, nb)
+      return nb
+    end
+    save(sp, b)
+    return b
+  end
+  -- the window is over (fired or expired)
+  if sp.af == 1 then
+    if not fired then drop(b) end
+    return nil
+  end
+  if sp.w == 0 then
+    if fired then return nil end
+    save(sp, b)
+    return b
+  end
+  local start = math.max(b.e, now)
+  if reactive and count > 0 then  -- the event lies beyond the old window: it opens a new one
+    local fresh = new_bucket(sp, b.key, b.lb, b.u, start, start + sp.w, 0, nil)
+    return evaluate(sp, fresh, now, ev)
+  end
+  local nb = new_bucket(sp, b.key, b.lb, b.u, start, start + sp.w, count, nil)
+  if count > 0 then nb.l = ev.raw; nb.i = ev.id; nb.ldirty = true end
+  save(sp, nb)
+  return nb
+end
