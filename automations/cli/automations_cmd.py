@@ -1,9 +1,252 @@
-"""Placeholder: commands of this group are added by its owner."""
+"""``automations apply|ls|inspect|pause|resume|delete|validate|schema``: automations as code.
+
+``apply`` and ``validate`` load JSON, YAML or Python files (``automations.loader``) and report
+every error at once (exit code 2, nothing stored); ``validate`` and ``schema`` need no Redis.
+Machine-readable output (``inspect --json/--yaml``, ``schema``) goes to stdout unstyled.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, NoReturn, TypeVar
+
+import anyio
+import orjson
 import typer
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from actions.models import Action
+from automations.cli.common import (
+    EXIT_USER_ERROR,
+    console,
+    err_console,
+    load_settings,
+    user_errors,
+)
+from automations.connection import connect
+from automations.errors import InvalidAutomation, InvalidAutomations
+from automations.keys import Keys
+from automations.loader import file_schema, load_sources
+from automations.models import Automation
+from automations.store import ApplyResult, AutomationStore
+from triggers.models import CompoundTrigger, EventTrigger, Posture, Trigger, never_fires
+
+T = TypeVar("T")
+
+FilesArg = Annotated[list[Path], typer.Argument(
+    help="JSON, YAML or Python files, or directories of them.")]
+NameArg = Annotated[str, typer.Argument(help="Automation name (or id).")]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    for name, fn in (("apply", apply), ("ls", ls), ("inspect", inspect), ("pause", pause),
+                     ("resume", resume), ("delete", delete), ("validate", validate),
+                     ("schema", schema)):
+        app.command(name)(fn)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def apply(
+    files: FilesArg,
+    prune: Annotated[bool, typer.Option(help="Delete stored automations not in FILES.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Report what would change; write nothing.")]
+    = False,
+) -> None:
+    """Create or update automations by name from FILES (atomic: all or nothing)."""
+    automations = _load_or_exit(files)
+    _print_warnings(automations)
+    result = _with_store(lambda store: store.apply(automations, prune=prune, dry_run=dry_run))
+    _print_result(result)
+
+
+def ls() -> None:
+    """List automations: name, enabled, trigger, actions, last fired."""
+
+    async def fetch(store: AutomationStore) -> tuple[list[Automation], dict[str, str]]:
+        return await store.all(), await store.last_fired()
+
+    automations, fired = _with_store(fetch)
+    if not automations:
+        console.print("no automations")
+        return
+    table = Table("name", "enabled", "trigger", "actions", "last fired")
+    for a in automations:
+        table.add_row(escape(a.name), "yes" if a.enabled else "[yellow]paused[/]",
+                      escape(describe_trigger(a.trigger)), escape(describe_actions(a)),
+                      fired.get(str(a.id), "never"))
+    console.print(table)
+
+
+def inspect(
+    name: NameArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print YAML.")] = False,
+) -> None:
+    """Show one automation; `--json`/`--yaml` output can be applied again."""
+    automation = _with_store(lambda store: store.find(name))
+    data = automation.model_dump(mode="json")
+    if as_json:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    if as_yaml:
+        typer.echo(text, nl=False)
+        return
+    console.print(f"[bold]{escape(automation.name)}[/] ({automation.id}) "
+                  + ("enabled" if automation.enabled else "[yellow]paused[/]"))
+    console.print(f"trigger: {escape(describe_trigger(automation.trigger))}")
+    console.print(escape(text), highlight=False, soft_wrap=True)
+
+
+def pause(name: NameArg) -> None:
+    """Stop evaluating an automation (its window state is kept)."""
+    _set_enabled(name, False)
+
+
+def resume(name: NameArg) -> None:
+    """Evaluate a paused automation again."""
+    _set_enabled(name, True)
+
+
+def delete(name: NameArg) -> None:
+    """Delete an automation."""
+    deleted = _with_store(lambda store: store.delete(name))
+    console.print(f"deleted {escape(repr(deleted.name))}")
+
+
+def validate(files: FilesArg) -> None:
+    """Check FILES offline (no Redis): every error at once, plus never-fires warnings."""
+    automations = _load_or_exit(files)
+    _print_warnings(automations)
+    for a in automations:
+        console.print(f"[green]ok[/] {escape(a.name)}: {escape(describe_trigger(a.trigger))}",
+                      soft_wrap=True)
+    console.print(f"{len(automations)} automation(s) in {len(files)} file(s) are valid")
+
+
+def schema() -> None:
+    """Print the JSON Schema of the automations file format (for editor validation)."""
+    typer.echo(orjson.dumps(file_schema(), option=orjson.OPT_INDENT_2).decode())
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def _load_or_exit(files: Sequence[Path]) -> list[Automation]:
+    try:
+        return [item.automation for item in load_sources(files)]
+    except InvalidAutomations as exc:
+        _report(exc.errors)
+    except InvalidAutomation as exc:
+        _report([exc])
+
+
+def _report(errors: Sequence[InvalidAutomation]) -> NoReturn:
+    for error in errors:
+        err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
+                          soft_wrap=True)
+    err_console.print(f"{len(errors)} error(s); nothing was stored", highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _with_store(fn: Callable[[AutomationStore], Awaitable[T]]) -> T:
+    settings = load_settings()
+
+    async def main() -> T:
+        redis = connect(settings)
+        try:
+            return await fn(AutomationStore(redis, Keys(settings.prefix)))
+        finally:
+            await redis.aclose()
+
+    with user_errors():
+        try:
+            return anyio.run(main)
+        except InvalidAutomations as exc:  # refused by the store (e.g. id clash): same report
+            _report(exc.errors)
+
+
+def _set_enabled(name: str, enabled: bool) -> None:
+    async def flip(store: AutomationStore) -> tuple[Automation, bool]:
+        current = await store.find(name)
+        return await store.set_enabled(current.id, enabled), current.enabled != enabled
+
+    automation, changed = _with_store(flip)
+    state = "resumed" if enabled else "paused"
+    label = escape(repr(automation.name))
+    console.print(f"{state} {label}" if changed else f"{label} was already {state}")
+
+
+def _print_warnings(automations: Sequence[Automation]) -> None:
+    for a in automations:
+        warning = never_fires(a.trigger)
+        if warning:
+            err_console.print(f"[yellow]warning:[/] {escape(a.name)}: trigger: {escape(warning)}",
+                              highlight=False, soft_wrap=True)
+
+
+def _print_result(result: ApplyResult) -> None:
+    for label, names in (("created", result.created), ("updated", result.updated),
+                         ("unchanged", result.unchanged), ("deleted", result.deleted)):
+        for name in names:
+            reset = " (trigger changed: window state reset)" \
+                if name in result.trigger_reset else ""
+            console.print(f"{label:>9}  {escape(name)}{reset}", highlight=False, soft_wrap=True)
+    console.print(result.summary(), highlight=False, soft_wrap=True)
+
+
+# -- one-line summaries ---------------------------------------------------------------
+
+
+def describe_trigger(trigger: Trigger) -> str:
+    """A one-line summary of a trigger for tables."""
+    if isinstance(trigger, EventTrigger):
+        return _describe_event(trigger)
+    within = f" within {_duration(trigger.within)}" if trigger.within else ""
+    parts = "; ".join(describe_trigger(child) for child in trigger.triggers)
+    if isinstance(trigger, CompoundTrigger):
+        return f"{trigger.require} of {len(trigger.triggers)}{within}: [{parts}]"
+    return f"sequence of {len(trigger.triggers)}{within}: [{parts}]"
+
+
+def _describe_event(trigger: EventTrigger) -> str:
+    names = "|".join(sorted(trigger.expect)) or "any event"
+    if trigger.posture is Posture.Proactive:
+        text = f"fewer than {trigger.threshold} {names} in {_duration(trigger.within)}"
+    else:
+        count = f"{trigger.threshold}x " if trigger.threshold > 1 else ""
+        window = f" in {_duration(trigger.within)}" if trigger.within else ""
+        text = f"{count}{names}{window}"
+    if trigger.after:
+        text += f" after {'|'.join(sorted(trigger.after))}"
+    if trigger.for_each:
+        text += f" per {', '.join(sorted(trigger.for_each))}"
+    return text
+
+
+def describe_actions(automation: Automation) -> str:
+    def types(actions: Sequence[Action]) -> str:
+        return ", ".join(a.type for a in actions)
+
+    text = types(automation.actions) or "-"
+    if automation.actions_on_trigger:
+        text += f"; on trigger: {types(automation.actions_on_trigger)}"
+    if automation.actions_on_resolve:
+        text += f"; on resolve: {types(automation.actions_on_resolve)}"
+    return text
+
+
+def _duration(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

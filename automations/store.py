@@ -1,0 +1,440 @@
+"""The automations store: a Redis hash by id, a name index, and an append-only change log.
+
+Layout (``automations.keys``): ``<p>:automations`` id -> automation JSON,
+``<p>:automations:names`` name -> id, ``<p>:automations:log`` a stream with one entry per
+change (``kind`` upsert|delete, ``id``, ``trigger_changed`` 0|1, ``data`` the automation JSON
+for upserts, ``name``). Every engine process tails the log (``automations.reload``).
+
+``apply`` upserts by name and is atomic: it plans against a WATCHed snapshot and writes
+everything (hash, index, log entries) in one MULTI/EXEC, retried if another writer got in
+between, so a failure or a refusal stores nothing. An update keeps the automation's id; when
+its trigger is unchanged (compared as JSON without trigger ids) the stored trigger ids are kept
+too, so the engine keeps its window state; a changed trigger resets it (``trigger_changed``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import WatchError
+
+from actions.templating import TemplateEngine
+from automations.errors import AutomationsError, InvalidAutomation, InvalidAutomations, NotFound
+from automations.keys import Keys
+from automations.loader import template_errors, validation_errors
+from automations.models import Automation
+from triggers.models import Trigger
+
+log = logging.getLogger(__name__)
+
+LOG_MAXLEN = 100_000
+APPLY_ATTEMPTS = 20
+UPSERT, DELETE = "upsert", "delete"
+ChangeKind = Literal["upsert", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class AutomationChange:
+    """One entry of the change log; ``automation`` is ``None`` for deletes."""
+
+    stream_id: str
+    kind: ChangeKind
+    automation_id: UUID
+    automation: Automation | None
+    trigger_changed: bool
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    """What ``apply`` did (or, with ``dry_run``, would do), by automation name."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    trigger_reset: list[str] = field(default_factory=list)
+    automations: list[Automation] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated or self.deleted)
+
+    def summary(self) -> str:
+        counts = (f"{len(self.created)} created, {len(self.updated)} updated, "
+                  f"{len(self.unchanged)} unchanged, {len(self.deleted)} deleted")
+        return f"{counts} (dry run: nothing written)" if self.dry_run else counts
+
+
+@dataclass(slots=True)
+class _Plan:
+    result: ApplyResult
+    upserts: list[tuple[Automation, bool, str | None]] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def trigger_shape(trigger: Trigger) -> dict[str, Any]:
+    """The trigger as JSON without its ids: what decides whether window state survives."""
+    return _without_ids(trigger.model_dump(mode="json"))
+
+
+def _without_ids(data: dict[str, Any]) -> dict[str, Any]:
+    shape = {k: v for k, v in data.items() if k != "id"}
+    if isinstance(shape.get("triggers"), list):
+        shape["triggers"] = [_without_ids(child) for child in shape["triggers"]]
+    return shape
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class AutomationStore:
+    """Automations in Redis; see the module docstring for the layout and guarantees."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    def __repr__(self) -> str:
+        return f"AutomationStore(prefix={self._keys.prefix!r})"
+
+    def _pipeline(self) -> Any:
+        """A MULTI/EXEC pipeline (typed ``Any``: redis-py's pipeline stubs are partial)."""
+        return self._redis.pipeline(transaction=True)
+
+    # -- reading -----------------------------------------------------------------------
+    async def all(self) -> list[Automation]:
+        """Every stored automation, by name (entries that no longer parse are skipped)."""
+        raw: Any = await self._redis.hgetall(self._keys.automations)
+        return self._parse_all(raw)
+
+    async def snapshot(self) -> tuple[list[Automation], str]:
+        """Every automation and the log position they reflect, read atomically."""
+        async with self._pipeline() as pipe:
+            pipe.hgetall(self._keys.automations)
+            pipe.xrevrange(self._keys.automations_log, count=1)
+            raw, last = await pipe.execute()
+        return self._parse_all(raw), _text(last[0][0]) if last else "0-0"
+
+    async def get(self, automation_id: UUID | str) -> Automation | None:
+        raw: Any = await self._redis.hget(self._keys.automations, str(automation_id))
+        return None if raw is None else self._parse(raw, str(automation_id))
+
+    async def by_name(self, name: str) -> Automation:
+        """The automation called ``name`` (``NotFound`` if none)."""
+        automation_id: Any = await self._redis.hget(self._keys.automation_names, name)
+        found = None if automation_id is None else await self.get(_text(automation_id))
+        if found is None:
+            raise NotFound(f"no automation named {name!r}")
+        return found
+
+    async def find(self, name_or_id: str) -> Automation:
+        """By name first, then by id (``NotFound`` if neither)."""
+        try:
+            return await self.by_name(name_or_id)
+        except NotFound:
+            found = await self.get(name_or_id) if _is_uuid(name_or_id) else None
+            if found is None:
+                raise NotFound(f"no automation named (or with id) {name_or_id!r}") from None
+            return found
+
+    async def last_fired(self) -> dict[str, str]:
+        """Automation id -> ISO time of its latest firing (written by the engine)."""
+        raw: Any = await self._redis.hgetall(self._keys.last_fired)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def last_log_id(self) -> str:
+        last: Any = await self._redis.xrevrange(self._keys.automations_log, count=1)
+        return _text(last[0][0]) if last else "0-0"
+
+    # -- writing -----------------------------------------------------------------------
+    async def apply(
+        self, automations: Sequence[Automation], *, prune: bool = False, dry_run: bool = False
+    ) -> ApplyResult:
+        """Upsert ``automations`` by name in one atomic step; with ``prune`` also delete the
+        stored ones not given. Raises ``InvalidAutomations`` (nothing written) when refused."""
+        _check_unique(automations)
+        keys = self._keys
+        for _ in range(APPLY_ATTEMPTS):
+            async with self._pipeline() as pipe:
+                await pipe.watch(keys.automations, keys.automation_names)
+                names = await pipe.hgetall(keys.automation_names)
+                stored = await pipe.hgetall(keys.automations)
+                plan = self._plan(automations, _decode(names), _decode(stored), prune=prune)
+                plan.result.dry_run = dry_run
+                if dry_run or not (plan.upserts or plan.deletes):
+                    await pipe.reset()
+                    return plan.result
+                pipe.multi()
+                self._queue_upserts(pipe, plan.upserts)
+                self._queue_deletes(pipe, plan.deletes)
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return plan.result
+        raise AutomationsError("the store kept changing during apply; try again")
+
+    async def set_enabled(self, automation_id: UUID | str, enabled: bool) -> Automation:
+        """Pause (``False``) or resume (``True``); window state is kept. Resuming runs the
+        loop guard again (a paused automation is not checked)."""
+        key = str(automation_id)
+        for _ in range(APPLY_ATTEMPTS):
+            async with self._pipeline() as pipe:
+                await pipe.watch(self._keys.automations)
+                raw = await pipe.hget(self._keys.automations, key)
+                if raw is None:
+                    raise NotFound(f"no automation with id {key}")
+                current = self._parse(raw, key)
+                if current is None:
+                    raise AutomationsError(f"stored automation {key} does not parse; re-apply it")
+                if current.enabled == enabled:
+                    await pipe.reset()
+                    return current
+                updated = _revalidate(current, enabled=enabled)
+                pipe.multi()
+                self._queue_upserts(pipe, [(updated, False, None)])
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return updated
+        raise AutomationsError("the store kept changing; try again")
+
+    async def delete(self, name_or_id: str) -> Automation:
+        """Delete by name (or id); returns what was deleted (``NotFound`` if nothing)."""
+        for _ in range(APPLY_ATTEMPTS):
+            async with self._pipeline() as pipe:
+                await pipe.watch(self._keys.automations, self._keys.automation_names)
+                target = await self.find(name_or_id)
+                pipe.multi()
+                self._queue_deletes(pipe, [(str(target.id), target.name)])
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return target
+        raise AutomationsError("the store kept changing; try again")
+
+    # -- the change log ----------------------------------------------------------------
+    async def read_changes(
+        self, after: str, *, block_ms: int | None = None, count: int = 100
+    ) -> list[AutomationChange]:
+        """Log entries after ``after`` (a stream id), waiting up to ``block_ms`` for one."""
+        changes, _ = await self.read_log(after, block_ms=block_ms, count=count)
+        return changes
+
+    async def read_log(
+        self, after: str, *, block_ms: int | None = None, count: int = 100
+    ) -> tuple[list[AutomationChange], str]:
+        """Like ``read_changes``, plus the id of the last entry read, malformed ones included,
+        which is where the next read starts (so a bad entry is skipped once, not forever)."""
+        reply: Any = await self._redis.xread(
+            {self._keys.automations_log: after}, count=count, block=block_ms
+        )
+        changes: list[AutomationChange] = []
+        position = after
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                position = _text(entry_id)
+                change = self._parse_change(position, fields)
+                if change is not None:
+                    changes.append(change)
+        return changes, position
+
+    async def changes(self, after: str = "$", *, block_ms: int = 1000
+                      ) -> AsyncIterator[AutomationChange]:
+        """Every change after ``after`` ("$": from now on), forever."""
+        position = await self.last_log_id() if after == "$" else after
+        while True:
+            changes, position = await self.read_log(position, block_ms=block_ms)
+            for change in changes:
+                yield change
+
+    async def log_starts_after(self, position: str) -> bool:
+        """True when entries after ``position`` were trimmed away (a reader must resync)."""
+        first: Any = await self._redis.xrange(self._keys.automations_log, count=1)
+        if not first:
+            return False
+        return _stream_id(_text(first[0][0])) > _stream_id(position) and position != "0-0"
+
+    # -- internals ---------------------------------------------------------------------
+    def _plan(
+        self,
+        automations: Sequence[Automation],
+        names: Mapping[str, str],
+        stored: Mapping[str, str],
+        *,
+        prune: bool,
+    ) -> _Plan:
+        plan = _Plan(ApplyResult())
+        errors: list[InvalidAutomation] = []
+        owners = {automation_id: name for name, automation_id in names.items()}
+        for automation in automations:
+            try:
+                self._plan_one(plan, automation, names, stored, owners)
+            except InvalidAutomations as exc:
+                errors.extend(exc.errors)
+            except InvalidAutomation as exc:
+                errors.append(exc)
+        templates = TemplateEngine()
+        for automation in plan.result.automations:
+            if automation.name not in plan.result.unchanged:
+                errors.extend(template_errors(automation, prefix=repr(automation.name),
+                                              engine=templates))
+        if errors:
+            raise InvalidAutomations(errors)
+        if prune:
+            wanted = {a.name for a in automations}
+            for name, automation_id in sorted(names.items()):
+                if name not in wanted:
+                    plan.deletes.append((automation_id, name))
+                    plan.result.deleted.append(name)
+        return plan
+
+    def _plan_one(
+        self,
+        plan: _Plan,
+        automation: Automation,
+        names: Mapping[str, str],
+        stored: Mapping[str, str],
+        owners: Mapping[str, str],
+    ) -> None:
+        result, name = plan.result, automation.name
+        existing_id = names.get(name)
+        if existing_id is None:
+            taken_by = owners.get(str(automation.id))
+            if "id" in automation.model_fields_set and taken_by is not None:
+                raise InvalidAutomation(
+                    f"id {automation.id} already belongs to automation {taken_by!r}; remove "
+                    "the id to create a new automation", field_path=f"{name!r}.id")
+            final = _revalidate(automation)
+            plan.upserts.append((final, True, None))
+            result.created.append(name)
+            result.automations.append(final)
+            return
+        current = self._parse(stored[existing_id], existing_id) if existing_id in stored else None
+        same_trigger = current is not None and (
+            trigger_shape(current.trigger) == trigger_shape(automation.trigger))
+        trigger = current.trigger if current is not None and same_trigger else automation.trigger
+        final = _revalidate(automation, id=UUID(existing_id), trigger=trigger)
+        result.automations.append(final)
+        if current is not None and current.model_dump(mode="json") == final.model_dump(mode="json"):
+            result.unchanged.append(name)
+            return
+        plan.upserts.append((final, not same_trigger, None))
+        result.updated.append(name)
+        if not same_trigger:
+            result.trigger_reset.append(name)
+
+    def _queue_upserts(
+        self, pipe: Any, upserts: Iterable[tuple[Automation, bool, str | None]]
+    ) -> None:
+        keys = self._keys
+        for automation, trigger_changed, _ in upserts:
+            data = automation.model_dump_json()
+            automation_id = str(automation.id)
+            pipe.hset(keys.automations, automation_id, data)
+            pipe.hset(keys.automation_names, automation.name, automation_id)
+            pipe.xadd(keys.automations_log, {
+                "kind": UPSERT, "id": automation_id, "name": automation.name,
+                "trigger_changed": "1" if trigger_changed else "0", "data": data,
+            }, maxlen=LOG_MAXLEN, approximate=True)
+
+    def _queue_deletes(self, pipe: Any, deletes: Iterable[tuple[str, str]]) -> None:
+        keys = self._keys
+        for automation_id, name in deletes:
+            pipe.hdel(keys.automations, automation_id)
+            pipe.hdel(keys.automation_names, name)
+            pipe.hdel(keys.last_fired, automation_id)
+            pipe.xadd(keys.automations_log, {
+                "kind": DELETE, "id": automation_id, "name": name,
+                "trigger_changed": "1", "data": "",
+            }, maxlen=LOG_MAXLEN, approximate=True)
+
+    def _parse_all(self, raw: Mapping[bytes, bytes]) -> list[Automation]:
+        parsed = (self._parse(data, _text(key)) for key, data in raw.items())
+        return sorted((a for a in parsed if a is not None), key=lambda a: a.name)
+
+    @staticmethod
+    def _parse(raw: bytes | str, automation_id: str) -> Automation | None:
+        try:
+            return Automation.model_validate_json(raw)
+        except ValidationError as exc:
+            log.error("stored automation %s does not parse, skipped: %s", automation_id, exc)
+            return None
+
+    def _parse_change(
+        self, entry_id: str, fields: Mapping[bytes, bytes]
+    ) -> AutomationChange | None:
+        try:
+            kind = _text(fields[b"kind"])
+            automation_id = UUID(_text(fields[b"id"]))
+            automation = None
+            if kind == UPSERT:
+                automation = Automation.model_validate_json(fields[b"data"])
+            elif kind != DELETE:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (KeyError, ValueError) as exc:
+            log.error("automations log entry %s is malformed, skipped: %s", entry_id, exc)
+            return None
+        changed = fields.get(b"trigger_changed", b"1") == b"1"
+        return AutomationChange(entry_id, "upsert" if kind == UPSERT else "delete",
+                                automation_id, automation, changed)
+
+
+def _revalidate(automation: Automation, **update: Any) -> Automation:
+    """``automation`` with ``update`` applied and every validator (the loop guard: the id and
+    name are part of the rule) run again; refusals become ``InvalidAutomation``."""
+    data = automation.model_dump(mode="json")
+    data.update({k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+                 for k, v in update.items()})
+    if "id" in update:
+        data["id"] = str(update["id"])
+    try:
+        return Automation.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidAutomations(
+            validation_errors(exc, prefix=repr(automation.name))) from None
+
+
+def _check_unique(automations: Sequence[Automation]) -> None:
+    errors: list[InvalidAutomation] = []
+    seen_names: set[str] = set()
+    seen_ids: set[UUID] = set()
+    for automation in automations:
+        if automation.name in seen_names:
+            errors.append(InvalidAutomation(f"duplicate name {automation.name!r}",
+                                            field_path=f"{automation.name!r}.name"))
+        seen_names.add(automation.name)
+        if "id" in automation.model_fields_set:
+            if automation.id in seen_ids:
+                errors.append(InvalidAutomation(f"duplicate id {automation.id}",
+                                                field_path=f"{automation.name!r}.id"))
+            seen_ids.add(automation.id)
+    if errors:
+        raise InvalidAutomations(errors)
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
