@@ -1,0 +1,32 @@
+"""The explicit map from action ``type`` to its executor (no import-path plugins).
+
+Adding an action type is one small module with ``async def execute(action, ctx) ->
+ActionResult`` plus one line here. An executor raises ``actions.outcome.TransientError`` or
+``PermanentError`` on failure; anything else it raises is treated as a transient bug
+(``Reason.INTERNAL``). It never retries, sleeps or records idempotency itself: the dispatcher's
+pipeline does that (``actions/dispatcher.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from actions.context import ActionContext, ActionResult
+from actions.executors import automations, deployments, flow_runs, notify, webhook
+
+Executor = Callable[[Any, ActionContext], Awaitable[ActionResult]]
+"""``execute(action, ctx)``; the action is the model of the type it is registered under."""
+
+EXECUTORS: dict[str, Executor] = {
+    "do-nothing": automations.do_nothing,
+    "pause-automation": automations.pause_automation,
+    "resume-automation": automations.resume_automation,
+    "send-notification": notify.execute,
+    "call-webhook": webhook.execute,
+    "run-deployment": deployments.run_deployment,
+    "pause-deployment": deployments.pause_deployment,
+    "resume-deployment": deployments.resume_deployment,
+    "cancel-flow-run": flow_runs.cancel_flow_run,
+    "change-flow-run-state": flow_runs.change_flow_run_state,
+}

@@ -1,0 +1,427 @@
+"""The action dispatcher: firings stream in, actions out, each exactly once in effect.
+
+``Dispatcher.run()`` consumes ``<p>:firings`` (group ``dispatch``; any number of dispatchers
+share it) through ``automations.bus.StreamConsumer`` and, beside it, claims due retries from
+the ``RetryQueue``. A batch's firings run concurrently (at most ``action_concurrency`` actions
+at once); the batch is acked when every first attempt has ended (each bounded by
+``action_timeout_s``): transient failures continue as delayed retry jobs, never as sleeps.
+
+One action runs through ``run_action``, the whole pipeline in one function:
+idempotency check -> action.triggered (one script for a whole batch: ``actions/idempotency``)
+-> render -> execute (timeout, classified outcome) -> record done + action.executed | schedule
+retry + action.failed | dead letter + action.failed. While a batch runs, its entries are kept
+claimed (XCLAIM JUSTID), so a slow batch is never reclaimed and repeated by another reader.
+
+Exactly once in effect: ``done:<firing id>:<index>`` is written right after the executor
+returns, in one MULTI with the ``.executed`` event. The only window where a crash repeats an
+effect is between the effect (e.g. the webhook's response) and that MULTI, one Redis round
+trip; webhooks carry ``Idempotency-Key`` so receivers can close it, run-deployment closes it
+in the runtime (flow runs are created once per key). The idempotency check runs before
+rendering (the design's "render -> check" order would emit a second ``.failed`` for a
+redelivered action whose template fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import anyio
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from actions import action_events
+from actions.action_events import Invocation, new_invocation
+from actions.context import ActionContext, ActionResult, AutomationView, Clients, Ports
+from actions.executors import EXECUTORS, Executor
+from actions.idempotency import DONE, GAVE_UP, Ledger
+from actions.invocation import plan_actions, template_context
+from actions.logs import SecretSafeLogs
+from actions.notifiers import NotifierPool
+from actions.outcome import ActionError, PermanentError, Reason, TransientError
+from actions.retry import RetryJob, RetryQueue, backoff
+from actions.secrets import Redactor
+from actions.templating import TemplateEngine, Templates, render_action
+from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
+from automations.events import Event, format_validation_error, utcnow
+from automations.keys import DISPATCH_GROUP, Keys
+from automations.settings import Settings
+from triggers.firing import Firing
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN_S = 30.0
+
+
+class Dispatcher:
+    """Use as ``async with Dispatcher(...) as d:`` (it owns an HTTP client and the Apprise
+    pool); then ``await d.run()`` until ``d.stop()``, or ``await d.drain()`` in tests."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        *,
+        ports: Ports,
+        keys: Keys | None = None,
+        executors: Mapping[str, Executor] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = keys or Keys(settings.prefix)
+        self.ports = ports
+        self.executors = dict(EXECUTORS if executors is None else executors)
+        self.clock = clock
+        # Several readers per process: while one waits for its batch's slowest action, the
+        # next reads new firings (a batch is acked only when all its first attempts ended).
+        name = consumer or settings.consumer_name
+        self.consumers = [
+            StreamConsumer(
+                redis, settings, stream=self.keys.firings, group=DISPATCH_GROUP,
+                handler=self._handler_for(reader), dead_stream=self.keys.dead(self.keys.firings),
+                consumer=reader,
+            )
+            for reader in ([name] if settings.dispatch_readers == 1 else
+                           [f"{name}-{i}" for i in range(settings.dispatch_readers)])
+        ]
+        self.retries = RetryQueue(redis, self.keys)
+        self.ledger = Ledger(redis, self.keys, settings, self.retries)
+        self.templates = TemplateEngine()
+        self.counts = {"executed": 0, "failed": 0, "retried": 0, "gave_up": 0, "skipped": 0}
+        self._limit = anyio.Semaphore(settings.action_concurrency)
+        self._rng = random.Random()
+        self._stopping = anyio.Event()
+        self._clients: Clients | None = None
+        self._logs = SecretSafeLogs()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
+        return f"Dispatcher({self.consumers[0].consumer!r}, {counts})"
+
+    async def __aenter__(self) -> Dispatcher:
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.settings.action_concurrency * 2),
+            timeout=aiohttp.ClientTimeout(total=self.settings.action_timeout_s),
+        )
+        self._clients = Clients(http=http, notifiers=NotifierPool())
+        self._logs.__enter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._logs.__exit__()
+        if self._clients is not None:
+            await self._clients.http.close()
+            self._clients.notifiers.clear()
+            self._clients = None
+
+    @property
+    def clients(self) -> Clients:
+        """The shared HTTP client and Apprise pool (only inside ``async with``)."""
+        assert self._clients is not None, "use the Dispatcher as an async context manager"
+        return self._clients
+
+    # -- loops ----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
+
+    async def run(self) -> None:
+        """Consume firings and run due retries until ``stop()``; finishes the work in hand."""
+        await self.consumers[0].ensure_group()
+        async with anyio.create_task_group() as tg:
+            # Apprise's plugins load in a thread meanwhile (half a second, once per process).
+            tg.start_soon(NotifierPool.warm_up)
+            tg.start_soon(self._retry_loop)
+            async with anyio.create_task_group() as readers:
+                for consumer in self.consumers:
+                    readers.start_soon(consumer.run)
+
+    async def _retry_loop(self) -> None:
+        """Claim due retries while action slots are free; Redis being away only pauses it."""
+        away = False
+        async with anyio.create_task_group() as tg:
+            while not self._stopping.is_set():
+                jobs: list[RetryJob] = []
+                try:
+                    if self._limit.value > 0:
+                        jobs = await self._claim_retries(int(self._limit.value))
+                    away = False
+                except CONNECTION_ERRORS as exc:
+                    if not away:
+                        log.warning("action retries: Redis unreachable (%s)", exc)
+                    away = True
+                for job in jobs:
+                    tg.start_soon(self._guarded_retry, job)
+                if not jobs:
+                    with anyio.move_on_after(self.settings.action_retry_poll_s):
+                        await self._stopping.wait()
+
+    async def _guarded_retry(self, job: RetryJob) -> None:
+        try:
+            await self.run_retry(job)
+        except Exception as exc:  # Redis away mid-attempt: the lease runs out, it comes back
+            log.warning("retry of action %s interrupted (%s: %s); it will run again when its "
+                        "lease ends", job.key, type(exc).__name__, exc)
+
+    async def _claim_retries(self, limit: int) -> list[RetryJob]:
+        """Due jobs, no more than ``limit`` (free action slots: a leased job should not wait
+        for one, its lease covers one attempt plus a margin)."""
+        lease = self.settings.action_timeout_s + LEASE_MARGIN_S
+        return await self.retries.claim(time.time(), lease, limit)
+
+    async def drain(self, *, wait_retries: bool = True) -> int:
+        """Handle every firing and every due retry (waiting for scheduled ones when
+        ``wait_retries``) until nothing is left; returns the firings handled. No polling."""
+        handled = 0
+        while True:
+            for consumer in self.consumers:
+                handled += await consumer.run_until_idle()
+            jobs = await self._claim_retries(self.settings.action_concurrency)
+            if jobs:
+                async with anyio.create_task_group() as tg:
+                    for job in jobs:
+                        tg.start_soon(self.run_retry, job)
+                continue
+            due = await self.retries.next_due() if wait_retries else None
+            if due is None:
+                return handled
+            await anyio.sleep(max(0.0, due - time.time()))
+
+    # -- firings --------------------------------------------------------------------------
+    def _handler_for(self, reader: str) -> Callable[[list[Entry]], Awaitable[list[Reject]]]:
+        async def handle(entries: list[Entry]) -> list[Reject]:
+            return await self.handle_batch(entries, reader=reader)
+        return handle
+
+    async def handle_batch(self, entries: list[Entry], *, reader: str | None = None
+                           ) -> list[Reject]:
+        """Run the first attempt of every action of every firing in the batch. While it runs,
+        ``reader`` keeps the entries' idle time fresh, so no other dispatcher reclaims (and
+        repeats) a batch that is merely slow."""
+        async with anyio.create_task_group() as tg:
+            if reader is not None:
+                tg.start_soon(self._keep_claimed, reader, [e.id for e in entries])
+            rejects = await self._handle(entries)
+            tg.cancel_scope.cancel()
+        return rejects
+
+    async def _keep_claimed(self, reader: str, ids: list[str]) -> None:
+        """XCLAIM ... JUSTID our own in-flight entries (resets idle, not the delivery count)
+        three times per ``claim_idle_ms``."""
+        interval = self.settings.claim_idle_ms / 3000
+        claimed: list[Any] = list(ids)
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.redis.xclaim(self.keys.firings, DISPATCH_GROUP, reader, 0, claimed,
+                                        justid=True)
+            except CONNECTION_ERRORS:  # an outage must not cancel the batch's actions
+                log.debug("keeping firings claimed failed; Redis unreachable", exc_info=True)
+
+    async def _handle(self, entries: list[Entry]) -> list[Reject]:
+        rejects: list[Reject] = []
+        invocations: list[Invocation] = []
+        found: dict[UUID, AutomationView | None] = {}
+        for entry, firing in self._parse(entries, rejects):
+            if firing.automation_id not in found:
+                found[firing.automation_id] = await self.ports.automations.get(firing.automation_id)
+            automation = found[firing.automation_id]
+            if automation is None:
+                rejects.append(Reject(entry, f"automation {firing.automation_id} does not exist "
+                                      "(deleted after it fired)"))
+                continue
+            try:
+                invocations += [new_invocation(automation, firing, planned)
+                                for planned in plan_actions(automation, firing)]
+            except ValidationError as exc:  # e.g. a malformed triggering event: this entry only
+                rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
+        # The batch's idempotency checks and action.triggered events: one script call.
+        fresh = await self.ledger.begin(
+            [(inv.key, action_events.triggered(inv)) for inv in invocations])
+        self.counts["skipped"] += fresh.count(False)
+        async with anyio.create_task_group() as tg:
+            for inv, new in zip(invocations, fresh, strict=True):
+                if new:
+                    tg.start_soon(self._limited_action, inv)
+        return rejects
+
+    async def _limited_action(self, inv: Invocation) -> None:
+        # The whole pipeline holds a slot, so a batch of 1,000 firings never opens more than
+        # ``action_concurrency`` Redis connections and HTTP requests at once.
+        async with self._limit:
+            await self.run_action(inv, begun=True)
+
+    def _parse(self, entries: Sequence[Entry], rejects: list[Reject]) -> list[tuple[Entry, Firing]]:
+        parsed = []
+        for entry in entries:
+            try:
+                parsed.append((entry, Firing.from_json(entry.fields[b"data"])))
+            except KeyError:
+                rejects.append(Reject(entry, "firing entry has no 'data' field"))
+            except ValidationError as exc:
+                rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
+        return parsed
+
+    async def run_retry(self, job: RetryJob) -> str:
+        """The next attempt of a retry job, with the automation's current action."""
+        async with self._limit:
+            return await self._run_retry(job)
+
+    async def _run_retry(self, job: RetryJob) -> str:
+        automation = await self.ports.automations.get(UUID(job.automation_id))
+        firing = Firing.from_json(job.firing)
+        if automation is None:
+            await self._give_up_orphan(job, "does not exist (deleted before the retry)")
+            return "gave-up"
+        planned = next((p for p in plan_actions(automation, firing) if p.index == job.index),
+                       None)
+        if planned is None or planned.action.type != job.action_type:
+            await self._give_up_orphan(job, "changed its actions before the retry")
+            return "gave-up"
+        inv = new_invocation(automation, firing, planned)
+        return await self.run_action(inv, attempt=job.attempt, job=job)
+
+    # -- the per-action pipeline ------------------------------------------------------------
+    async def run_action(self, inv: Invocation, *, attempt: int = 1,
+                         job: RetryJob | None = None, begun: bool = False) -> str:
+        """idempotency check + action.triggered (``begun``: done for the whole batch) ->
+        render -> execute -> commit: done + .executed | retry job + .failed | dead letter."""
+        if not begun:
+            [fresh] = await self.ledger.begin(
+                [(inv.key, action_events.triggered(inv) if attempt == 1 else None)])
+            if not fresh:
+                self.counts["skipped"] += 1
+                if job is not None:
+                    await self.ledger.commit(inv.key, done=None, events=[], job=job)
+                return "skipped"
+        ctx = self._context(inv, attempt)
+        try:
+            ctx.action = await render_action(inv.planned.action, ctx.templates)
+            result = await self._execute(ctx)
+        except ActionError as exc:
+            return await self._failed(inv, ctx, exc, job)
+        executed = self._executed_event(inv, ctx, result)
+        await self._record_done(inv.key, executed, job)
+        self.counts["executed"] += 1
+        return "executed"
+
+    async def _record_done(self, key: str, executed: Event, job: RetryJob | None) -> None:
+        """Commit a done effect, riding out a Redis outage of up to ``claim_idle_ms``: giving
+        up here fails the batch, whose redelivery would repeat the effect. (A commit that
+        landed but lost its reply is harmless to repeat: same key, same event id.)"""
+        deadline = time.monotonic() + self.settings.claim_idle_ms / 1000
+        delay = 0.05
+        while True:
+            try:
+                await self.ledger.commit(key, done=DONE, events=[executed], job=job)
+                return
+            except CONNECTION_ERRORS:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if delay == 0.05:  # once per action, not per try
+                    log.warning("action %s: effect done but Redis unreachable; retrying the "
+                                "record", key)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _executed_event(self, inv: Invocation, ctx: ActionContext, result: ActionResult) -> Event:
+        """The ``.executed`` event; a malformed result (an executor bug) must not keep a done
+        effect from being recorded, so it degrades to an event without the result."""
+        now = self.clock()
+        try:
+            return action_events.outcome(inv, now=now, attempt=ctx.attempt,
+                                         details=result.details, related=result.related,
+                                         redactor=ctx.redactor)
+        except Exception as exc:
+            problem = ctx.redactor.redact(f"{type(exc).__name__}: {exc}")
+            log.error("action %s: unusable result from %s: %s", inv.key, inv.action_type, problem)
+            return action_events.outcome(inv, now=now, attempt=ctx.attempt,
+                                         details={"result_error": problem}, redactor=ctx.redactor)
+
+    def _context(self, inv: Invocation, attempt: int) -> ActionContext:
+        firing, event = inv.firing, inv.triggering_event
+        context, loaders = template_context(inv.automation, firing, event, self.ports)
+        return ActionContext(
+            firing=firing, automation=inv.automation, action=inv.planned.action,
+            action_index=inv.index, idempotency_key=inv.key, triggering_event=event,
+            labels=dict(firing.triggering_labels), now=self.clock(), redis=self.redis,
+            keys=self.keys, settings=self.settings, ports=self.ports, clients=self.clients,
+            redactor=Redactor(), templates=Templates(self.templates, context, loaders),
+            attempt=attempt,
+        )
+
+    async def _execute(self, ctx: ActionContext) -> ActionResult:
+        """The executor under the per-action timeout; anything unclassified it raises is a
+        transient ``Reason.INTERNAL``."""
+        executor = self.executors.get(ctx.action.type)
+        if executor is None:
+            raise PermanentError(Reason.UNSUPPORTED,
+                                 f"no executor for action type '{ctx.action.type}'")
+        timeout = self.settings.action_timeout_s
+        try:
+            with anyio.fail_after(timeout):
+                return await executor(ctx.action, ctx)
+        except ActionError:
+            raise
+        except TimeoutError:
+            raise TransientError(Reason.TIMEOUT, f"action timed out after {timeout:g}s") from None
+        except Exception as exc:
+            # The message is redacted; the traceback is logged without exception text.
+            message = ctx.redactor.redact(f"{type(exc).__name__}: {exc}")
+            log.error("executor for %s raised %s\n%s", ctx.action.type, message,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            raise TransientError(Reason.INTERNAL, message) from None
+
+    async def _failed(self, inv: Invocation, ctx: ActionContext, exc: ActionError,
+                      job: RetryJob | None) -> str:
+        """Retry a transient failure later, or give up: dead letter + done (as given up)."""
+        retry = exc.transient and ctx.attempt < self.settings.action_max_attempts
+        message = ctx.redactor.redact(exc.message)
+        details = dict(exc.details)
+        if retry:
+            retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+            delay = backoff(ctx.attempt, self.settings, self._rng, retry_after)
+            details["retry_in_s"] = round(delay, 3)
+        failed = action_events.outcome(
+            inv, now=self.clock(), attempt=ctx.attempt, details=details, reason=exc.reason.value,
+            message=message, will_retry=retry, redactor=ctx.redactor)
+        log.warning("action %s (%s) of automation %s failed (attempt %d, %s): %s", inv.key,
+                    inv.action_type, inv.automation.name, ctx.attempt, exc.reason.value, message)
+        self.counts["failed"] += 1
+        if retry:
+            next_job = RetryJob(
+                key=inv.key, firing=inv.firing.to_json().decode(),
+                automation_id=str(inv.automation.id), index=inv.index,
+                action_type=inv.action_type, attempt=ctx.attempt + 1)
+            await self.ledger.commit(inv.key, done=None, events=[failed],
+                               retry=(next_job, time.time() + delay))
+            self.counts["retried"] += 1
+            return "retrying"
+        dead: dict[str, Any] = {
+                "data": inv.firing.to_json(), "reason": f"{exc.reason.value}: {message}",
+                "action_index": str(inv.index), "action_type": inv.action_type,
+                "attempts": str(ctx.attempt), "automation_id": str(inv.automation.id),
+                "idempotency_key": inv.key}
+        await self.ledger.commit(inv.key, done=GAVE_UP, events=[failed], job=job, dead=dead)
+        self.counts["gave_up"] += 1
+        return "gave-up"
+
+    async def _give_up_orphan(self, job: RetryJob, why: str) -> None:
+        reason = f"automation {job.automation_id} {why}"
+        dead = {"data": job.firing, "reason": reason, "action_index": str(job.index),
+                "action_type": job.action_type, "attempts": str(job.attempt - 1),
+                "automation_id": job.automation_id, "idempotency_key": job.key}
+        await self.ledger.commit(job.key, done=GAVE_UP, events=[], job=job, dead=dead)
+        self.counts["gave_up"] += 1

@@ -1,0 +1,60 @@
+"""do-nothing and pause-/resume-automation (``source: selected | inferred``)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from actions.context import ActionContext, ActionResult
+from actions.invocation import infer_id
+from actions.models import DoNothing, PauseAutomation, ResumeAutomation
+from actions.outcome import PermanentError, Reason
+from automations.errors import AutomationsError, NotFound
+
+AUTOMATION_KIND = "prefect.automation"
+
+
+async def do_nothing(action: DoNothing, ctx: ActionContext) -> ActionResult:
+    """Nothing but the action events (useful to test an automation's trigger)."""
+    return ActionResult()
+
+
+async def pause_automation(action: PauseAutomation, ctx: ActionContext) -> ActionResult:
+    return await _set_enabled(action.source, action.automation_id, False, ctx)
+
+
+async def resume_automation(action: ResumeAutomation, ctx: ActionContext) -> ActionResult:
+    return await _set_enabled(action.source, action.automation_id, True, ctx)
+
+
+def target_automation(source: str, selected: UUID | None, ctx: ActionContext) -> UUID:
+    """The selected id, or the first ``prefect.automation.<uuid>`` of the triggering event."""
+    if source == "selected" and selected is not None:
+        return selected
+    if ctx.triggering_event is None:
+        raise PermanentError(Reason.MISSING_TARGET, "No event to infer the automation from")
+    inferred = infer_id(ctx.triggering_event, AUTOMATION_KIND)
+    if inferred is None:
+        raise PermanentError(Reason.MISSING_TARGET, "No automation could be inferred")
+    return inferred
+
+
+async def _set_enabled(
+    source: str, selected: UUID | None, enabled: bool, ctx: ActionContext
+) -> ActionResult:
+    automation_id = target_automation(source, selected, ctx)
+    try:
+        found = await ctx.ports.automations.get(automation_id)
+        if found is None:
+            raise NotFound(f"automation {automation_id} does not exist")
+        await ctx.ports.automations.set_enabled(automation_id, enabled)
+    except NotFound as exc:
+        raise PermanentError(Reason.NOT_FOUND, str(exc)) from None
+    except AutomationsError as exc:  # e.g. resuming would break the loop guard
+        raise PermanentError(Reason.VALIDATION, str(exc)) from None
+    related = {
+        "prefect.resource.id": f"{AUTOMATION_KIND}.{automation_id}",
+        "prefect.resource.role": "target",
+        "prefect.resource.name": found.name,
+    }
+    return ActionResult(details={"automation_id": str(automation_id), "enabled": enabled},
+                        related=[related])

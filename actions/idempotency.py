@@ -1,0 +1,85 @@
+"""The action ledger: ``done:<firing id>:<action index>`` checked before an action and
+recorded, with its events, in one transaction after it.
+
+``begin`` checks a whole batch in one script: for every action not yet done it publishes the
+``action.triggered`` event and answers 1, for a done one 0 (nothing published). ``commit``
+writes the outcome in one MULTI: the done record (``done`` or ``gave-up``), the action events,
+the retry queue change and the dead letter, together or not at all. Durability is Redis's
+(AOF everysec: a done record of the last second can be lost with the server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from actions.retry import RetryJob, RetryQueue
+from automations.events import Event
+from automations.keys import Keys
+from automations.settings import Settings
+
+DONE, GAVE_UP = b"done", b"gave-up"
+BEGIN_CHUNK = 500
+
+BEGIN_SCRIPT = """
+local stream = KEYS[#KEYS]
+local out = {}
+for i = 1, #KEYS - 1 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    out[i] = 0
+  else
+    local data = ARGV[2 * i]
+    if data ~= '' then
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'data', data, 'id', ARGV[2 * i + 1])
+    end
+    out[i] = 1
+  end
+end
+return out
+"""
+
+
+class Ledger:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings,
+                 retries: RetryQueue) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.retries = retries
+        self._begin = redis.register_script(BEGIN_SCRIPT)
+
+    async def begin(self, items: Sequence[tuple[str, Event | None]]) -> list[bool]:
+        """For each (idempotency key, triggered event or None): True when the action is not
+        done yet (its event is then published), False when it is."""
+        fresh: list[bool] = []
+        for start in range(0, len(items), BEGIN_CHUNK):
+            chunk = items[start:start + BEGIN_CHUNK]
+            args: list[Any] = [self.settings.events_maxlen]
+            for _, event in chunk:
+                args += [event.to_json(), str(event.id)] if event is not None else ["", ""]
+            flags = await self._begin(
+                keys=[*(self.keys.done(key) for key, _ in chunk), self.keys.events], args=args)
+            fresh.extend(bool(int(flag)) for flag in flags)
+        return fresh
+
+    async def commit(self, key: str, *, done: bytes | None, events: Sequence[Event],
+                     job: RetryJob | None = None, dead: Mapping[str, Any] | None = None,
+                     retry: tuple[RetryJob, float] | None = None) -> None:
+        """One MULTI: the done record, the action events, the retry queue and the dead letter
+        change together or not at all."""
+        pipe: Pipeline = self.redis.pipeline(transaction=done is not None or retry is not None)
+        if done is not None:
+            pipe.set(self.keys.done(key), done, ex=self.settings.action_done_ttl_s)
+        for event in events:
+            pipe.xadd(self.keys.events, {b"data": event.to_json(), b"id": str(event.id)},
+                      maxlen=self.settings.events_maxlen, approximate=True)
+        if job is not None:
+            self.retries.finish(pipe, key)
+        if retry is not None:
+            self.retries.schedule(pipe, *retry)
+        if dead is not None:
+            pipe.xadd(self.keys.dead(self.keys.firings), {k: v for k, v in dead.items()})
+        await pipe.execute()
