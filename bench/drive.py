@@ -1,0 +1,165 @@
+"""Driving the engine under test: start engine processes on a prefix, read what they fired."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from actions.models import CallWebhook
+from automations.keys import DISPATCH_GROUP, ENGINE_GROUP, Keys
+from automations.models import Automation
+from bench.harness import (
+    CACHE_DIR,
+    Bench,
+    cpu_seconds,
+    group_progress,
+    redis_cpu_seconds,
+    xrange_after,
+)
+from bench.procs import ServiceProcess
+from bench.workload import automations_json, ensure_group, push
+from triggers.models import EventTrigger
+
+
+def write_automations(prefix: str, automations: list[Automation]) -> Path:
+    path = CACHE_DIR / "data" / f"{prefix}-automations.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(automations_json(automations))
+    return path
+
+
+async def start_engines(
+    bench: Bench, prefix: str, automations: list[Automation], *, processes: int = 1,
+    timer: bool = False, batch_size: int | None = None,
+) -> list[ServiceProcess]:
+    """Create the engine group at the stream's start, then start ``processes`` engines (and
+    the proactive timer, if asked) and wait until every one has loaded its automations
+    (not yet working: call ``go()`` on each)."""
+    await ensure_group(bench.redis, Keys(prefix).events, ENGINE_GROUP)
+    path = write_automations(prefix, automations)
+    engines = []
+    for i in range(processes):
+        args = ["--redis-url", bench.redis_url, "--prefix", prefix, "--automations", str(path),
+                "--consumer", f"bench-engine-{i}"]
+        if batch_size:
+            args += ["--batch-size", str(batch_size)]
+        engines.append(ServiceProcess("bench.run_engine", args, name=f"{prefix}-engine-{i}"))
+    if timer:
+        engines.append(ServiceProcess(
+            "bench.run_timer",
+            ["--redis-url", bench.redis_url, "--prefix", prefix], name=f"{prefix}-timer"))
+    try:
+        await asyncio.gather(*(engine.start() for engine in engines))
+    except BaseException:
+        for engine in engines:
+            await engine.stop()
+        raise
+    return engines
+
+
+async def read_firings(redis: aioredis.Redis, stream: str) -> list[dict[str, Any]]:
+    """Every firing in the outbox, decoded, in stream order."""
+    firings: list[dict[str, Any]] = []
+    start = "-"
+    while True:
+        entries = await xrange_after(redis, stream, start)
+        if not entries:
+            return firings
+        for _, fields in entries:
+            firings.append(orjson.loads(fields[b"data"]))
+        start = "(" + entries[-1][0].decode()
+
+
+def per_automation(firings: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(str(f["automation_id"]) for f in firings)
+
+
+def firing_signature(firing: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What identifies a firing across runs: automation, trigger, labels, triggering event."""
+    event = firing.get("triggering_event") or {}
+    labels = orjson.dumps(firing.get("triggering_labels") or {}, option=orjson.OPT_SORT_KEYS)
+    return (str(firing["automation_id"]), str(firing["trigger_id"]), labels.decode(),
+            str(event.get("id", "")))
+
+
+@dataclass
+class Drain:
+    """What draining a backlog took: events handled, seconds (to the last progress), and the
+    CPU used meanwhile by Redis and by the engine processes, as a share of one core."""
+
+    handled: int
+    seconds: float
+    redis_cpu: float
+    engines_cpu: float
+
+    def figures(self) -> dict[str, float]:
+        return {"redis_cpu_percent": round(self.redis_cpu * 100),
+                "engines_cpu_percent": round(self.engines_cpu * 100)}
+
+
+async def drain_backlog(
+    bench: Bench, prefix: str, engines: list[ServiceProcess], encoded: list[tuple[bytes, bytes]],
+    *, limit: float,
+) -> Drain:
+    """Queue ``encoded`` events, release the engines, and time until all are acknowledged (or
+    ``limit`` seconds). Anything the engines append to the events stream themselves comes
+    after the backlog, so only the backlog is counted."""
+    keys = Keys(prefix)
+    await push(bench.redis, keys.events, encoded)
+    total = len(encoded)
+    redis_before = await redis_cpu_seconds(bench.redis)
+    engines_before = sum(cpu_seconds(e.pid) for e in engines)
+    for engine in engines:
+        engine.go()
+    start = time.perf_counter()
+    last, last_change = -1, start
+    while True:
+        try:
+            acked, _ = await group_progress(bench.redis, keys.events, ENGINE_GROUP)
+        except aioredis.ResponseError as exc:  # BUSY: a long script holds Redis
+            if "BUSY" not in str(exc):
+                raise
+            bench.busy_replies += 1
+            acked = last
+        now = time.perf_counter()
+        if acked != last:
+            last, last_change = acked, now
+        if acked >= total or now - start >= limit:
+            break
+        await asyncio.sleep(0.02)
+    wall = max(now - start, 1e-9)
+    return Drain(min(max(acked, 0), total), last_change - start,
+                 (await redis_cpu_seconds(bench.redis) - redis_before) / wall,
+                 (sum(cpu_seconds(e.pid) for e in engines) - engines_before) / wall)
+
+
+def webhook_automation(url: str) -> Automation:
+    """An automation whose one action calls ``url`` (its trigger never matches bench events:
+    the latency scenario writes its firings straight into the outbox)."""
+    return Automation(
+        name="bench-webhook", trigger=EventTrigger(expect={"bench.webhook.never"}),
+        actions=[CallWebhook(url=url, payload={"automation": "{{ automation.name }}",
+                                               "labels": "{{ labels }}"})],
+    )
+
+
+async def start_dispatcher(
+    bench: Bench, prefix: str, automations: list[Automation], *, batch_size: int | None = None
+) -> list[ServiceProcess]:
+    """One dispatcher process with ``automations`` in its store, created at the outbox start."""
+    await ensure_group(bench.redis, Keys(prefix).firings, DISPATCH_GROUP)
+    path = write_automations(prefix, automations)
+    process = ServiceProcess(
+        "bench.run_dispatcher",
+        ["--redis-url", bench.redis_url, "--prefix", prefix, "--automations", str(path),
+         *(["--batch-size", str(batch_size)] if batch_size else [])],
+        name=f"{prefix}-dispatcher")
+    await process.start()
+    return [process]

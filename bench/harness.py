@@ -1,0 +1,277 @@
+"""Shared plumbing of every scenario: a private Redis, fresh key prefixes, stream progress, stats.
+
+Every scenario gets a ``Bench``: it owns the Redis (started on a free loopback port unless the
+user gave ``--redis-url``), hands out a fresh prefix per measurement so runs never see each
+other's keys, and deletes those keys afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from automations.keys import Keys
+from automations.settings import Settings
+
+Row = dict[str, Any]
+
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` on 127.0.0.1, no persistence, killed on ``stop()``."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not on PATH (apt-get install -y redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    redis_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    """What a scenario works with: options, a Redis URL, prefixes, a client and helpers."""
+
+    def __init__(self, options: Options, redis_url: str) -> None:
+        self.options = options
+        self.quick = options.quick
+        self.redis_url = redis_url
+        # Generous timeout: a long engine script can hold Redis for seconds (redis-py's default
+        # of 5 s would turn that into an error in the benchmark instead of a figure).
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            redis_url, decode_responses=False, socket_timeout=120)
+        self._prefixes: list[str] = []
+        self.busy_replies = 0  # BUSY answers seen while polling: a script held Redis > 5 s
+
+    def new_prefix(self, name: str) -> str:
+        prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+        self._prefixes.append(prefix)
+        return prefix
+
+    def settings(self, prefix: str, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": self.redis_url, "prefix": prefix,
+            "data_dir": CACHE_DIR / "data", "consumer_name": f"bench-{uuid.uuid4().hex[:6]}",
+            "block_ms": 100, "events_maxlen": 10_000_000, "firings_maxlen": 10_000_000,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    async def cleanup(self, prefix: str) -> None:
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=f"{prefix}:*", count=5000):
+            batch.append(key)
+            if len(batch) >= 5000:
+                await self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.redis.unlink(*batch)
+
+    async def close(self) -> None:
+        for prefix in self._prefixes:
+            await self.cleanup(prefix)
+            (CACHE_DIR / "data" / f"{prefix}-automations.json").unlink(missing_ok=True)
+        await self.redis.aclose()
+
+    async def machine(self) -> Row:
+        info = await self.redis.info("server")
+        return {
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "redis_version": str(info.get("redis_version", "?")),
+            "platform": platform.platform(),
+        }
+
+
+# -- stream progress ------------------------------------------------------------------------
+async def group_progress(redis: aioredis.Redis, stream: str, group: str) -> tuple[int, int]:
+    """``(acked, outstanding)`` of a consumer group: entries read and acknowledged, and entries
+    not yet acknowledged (pending + never read). Needs Redis >= 7.0 (``entries-read``/``lag``)."""
+    length = int(await redis.xlen(stream))
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except aioredis.ResponseError:
+        return 0, length
+    for info in groups:
+        name = info.get("name")
+        if name in (group, group.encode()):
+            pending = int(info.get("pending") or 0)
+            lag = info.get("lag")
+            unread = int(lag) if lag is not None else 0
+            outstanding = pending + unread
+            return length - outstanding, outstanding
+    return 0, length
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout: float, interval: float = 0.05
+) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` seconds passed; returns the last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
+async def drain_group(
+    redis: aioredis.Redis, stream: str, group: str, *, timeout: float, interval: float = 0.05
+) -> tuple[int, float]:
+    """Wait until a group has acknowledged everything (or ``timeout``); ``(acked, seconds)``.
+    The time is that of the last observed progress, so an idle tail is not counted."""
+    start = time.perf_counter()
+    last_acked, last_change = -1, start
+    deadline = start + timeout
+    while True:
+        acked, outstanding = await group_progress(redis, stream, group)
+        now = time.perf_counter()
+        if acked != last_acked:
+            last_acked, last_change = acked, now
+        if outstanding == 0 or now >= deadline:
+            return acked, last_change - start
+        await asyncio.sleep(interval)
+
+
+async def reset_slowlog(redis: aioredis.Redis) -> None:
+    await redis.config_set("slowlog-log-slower-than", 10_000)  # 10 ms
+    await redis.slowlog_reset()
+
+
+async def slowest_ms(redis: aioredis.Redis) -> float:
+    """The longest single command (e.g. one engine script) since ``reset_slowlog``, in ms."""
+    entries: Any = await redis.slowlog_get(128)
+    return round(max((e["duration"] for e in entries), default=0) / 1000, 1)
+
+
+# -- statistics -----------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of unsorted values; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def latency_figures(seconds: Sequence[float]) -> Row:
+    """p50/p99/max in milliseconds, rounded for the table."""
+    return {
+        "samples": len(seconds),
+        "p50_ms": round(percentile(seconds, 50) * 1000, 3),
+        "p99_ms": round(percentile(seconds, 99) * 1000, 3),
+        "max_ms": round(max(seconds) * 1000, 3) if seconds else math.nan,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def redis_cpu_seconds(redis: aioredis.Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def keys_for(prefix: str) -> Keys:
+    return Keys(prefix)
+
+
+# -- typed stream reads (redis-py's stubs type replies as unions of everything) -------------
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def xread_after(
+    redis: aioredis.Redis, stream: str, last: bytes | str, *, count: int = 1000, block: int = 100
+) -> list[StreamEntry]:
+    """Entries of ``stream`` after id ``last`` (blocking up to ``block`` ms)."""
+    reply: Any = await redis.xread({stream: last}, count=count, block=block)
+    return list(reply[0][1]) if reply else []
+
+
+async def xreadgroup_new(
+    redis: aioredis.Redis, stream: str, group: str, consumer: str, *, count: int = 1000
+) -> list[StreamEntry]:
+    """New entries for ``consumer`` of ``group`` (no blocking)."""
+    reply: Any = await redis.xreadgroup(group, consumer, {stream: ">"}, count=count)
+    return list(reply[0][1]) if reply else []
+
+
+async def xrange_after(
+    redis: aioredis.Redis, stream: str, start: str, *, count: int = 5000
+) -> list[StreamEntry]:
+    """Up to ``count`` entries from ``start`` (``-`` or ``(<id>`` for "after")."""
+    reply: Any = await redis.xrange(stream, min=start, count=count)
+    return list(reply)

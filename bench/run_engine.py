@@ -1,0 +1,57 @@
+"""Child process: one engine on a prefix, driven by ``bench.procs``. Uses only the public
+``Engine`` API (contract 4): ``load`` then ``run`` until SIGTERM, then ``stop``.
+
+``python -m bench.run_engine --redis-url URL --prefix P --automations FILE [--consumer NAME]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import anyio
+
+from automations.connection import connect
+from automations.engine import Engine
+from automations.keys import Keys
+from automations.models import Automation
+from automations.settings import Settings
+from bench.procs import own_rss, read_json, say, wait_for_go, wait_for_signal
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run_engine")
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--automations", required=True, help="JSON list of automations")
+    parser.add_argument("--consumer", default="bench-engine")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="entries per XREADGROUP (default: the Settings default)")
+    return parser.parse_args()
+
+
+async def main() -> None:
+    args = parse()
+    extra = {"batch_size": args.batch_size} if args.batch_size else {}
+    settings = Settings(redis_url=args.redis_url, prefix=args.prefix,
+                        consumer_name=args.consumer, block_ms=50, **extra)
+    keys = Keys(args.prefix)
+    redis = connect(settings)
+    rss_before = own_rss()
+    automations = [Automation.model_validate(a) for a in read_json(args.automations)]
+    started = time.perf_counter()
+    engine = Engine(redis, settings, keys=keys)
+    await engine.load(automations)
+    say(ready=True, load_seconds=round(time.perf_counter() - started, 3),
+        rss_before_load=rss_before, rss=own_rss(), automations=len(automations))
+    await wait_for_go()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        await wait_for_signal()
+        engine.stop()
+    say(stopped=True, rss=own_rss())
+    await redis.aclose()
+
+
+if __name__ == "__main__":
+    anyio.run(main)

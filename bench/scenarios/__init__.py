@@ -1,0 +1,1 @@
+"""One module per scenario, each exposing ``async def run(bench) -> list[Row]``."""

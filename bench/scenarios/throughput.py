@@ -1,0 +1,83 @@
+"""``throughput``: events/s sustained by one engine process with 10, 1,000 and 10,000
+automations of the mix, each event interesting ~1% of them.
+
+A backlog of pre-encoded events is queued first; the engine (a separate process, automations
+already loaded) is then released and timed until it has acknowledged the whole backlog. The
+figure is compared with the bare consumer's (``ceiling``) on the same Redis, and the time per
+event at 10,000 automations with that at 10.
+"""
+
+from __future__ import annotations
+
+from bench.drive import drain_backlog, start_engines
+from bench.harness import Bench, Row, reset_slowlog, slowest_ms
+from bench.procs import stop_all
+from bench.scenarios.ceiling import ceiling_rate
+from bench.workload import build_automations, build_events, encode
+
+TARGET_EPS = 20_000
+TARGET_CEILING_RATIO = 0.40
+TARGET_COST_RATIO = 1.5
+
+
+async def measure(
+    bench: Bench, size: int, count: int, *, limit: float, batch_size: int | None = None,
+    active: int | None = None,
+) -> Row:
+    prefix = bench.new_prefix(f"tp{size}")
+    automations = build_automations(size, active=active)
+    events, plan = build_events(count)
+    engines = await start_engines(bench, prefix, automations, batch_size=batch_size)
+    busy = bench.busy_replies
+    await reset_slowlog(bench.redis)
+    try:
+        drain = await drain_backlog(bench, prefix, engines, encode(events), limit=limit)
+    finally:
+        await stop_all(engines)
+    firings = int(await bench.redis.xlen(f"{prefix}:firings"))
+    await bench.cleanup(prefix)
+    interest = plan.interested_per_event(active or size)
+    handled, seconds = drain.handled, drain.seconds
+    eps = handled / seconds if seconds > 0 else 0.0
+    return {
+        "scenario": "throughput", "automations": size, "active_automations": active or size,
+        "processes": 1, "batch_size": batch_size or "default", "events": handled,
+        "seconds": round(seconds, 3), "events_per_second": round(eps),
+        "us_per_event": round(1e6 / eps, 1) if eps else None,
+        "interested_per_event": round(interest, 2),
+        "us_per_interested": round(1e6 / eps / interest, 1) if eps and interest else None,
+        "firings": firings, "load_seconds": engines[0].ready.get("load_seconds"),
+        "slowest_redis_command_ms": await slowest_ms(bench.redis),
+        "redis_busy_replies": bench.busy_replies - busy, **drain.figures(),
+    }
+
+
+async def run(bench: Bench) -> list[Row]:
+    sizes, count, limit = ((10, 200), 2_000, 20.0) if bench.quick else \
+        ((10, 1_000, 10_000), 60_000, 40.0)
+    ceiling = await ceiling_rate(bench, 20_000 if bench.quick else 100_000)
+    rows = [await measure(bench, size, count, limit=limit) for size in sizes]
+    # The same events with 10 automations listening among many idle ones: what carrying the
+    # others costs when the interest per event stays that of 10 automations.
+    rows.append(await measure(bench, sizes[-1], count, limit=limit, active=10))
+    for row in rows:
+        row["ceiling_events_per_second"] = round(ceiling)
+        row["ratio_to_ceiling"] = round(row["events_per_second"] / ceiling, 3)
+        if row["automations"] == 1_000:
+            row["target"] = f">= {TARGET_EPS:,} ev/s and >= {TARGET_CEILING_RATIO:.0%} of ceiling"
+            row["target_met"] = (row["events_per_second"] >= TARGET_EPS
+                                 and row["ratio_to_ceiling"] >= TARGET_CEILING_RATIO)
+    small = rows[0]
+    for large, case in ((rows[-2], "1% interest each"), (rows[-1], "interest of 10 only")):
+        if small["us_per_event"] and large["us_per_event"]:
+            ratio = large["us_per_event"] / small["us_per_event"]
+            rows.append({
+                "scenario": "throughput",
+                "case": f"time per event, {large['automations']:,} / 10 automations ({case})",
+                "automations": large["automations"],
+                "active_automations": large["active_automations"], "ratio": round(ratio, 2),
+                "target": f"<= {TARGET_COST_RATIO}x at 10,000",
+                "target_met": ratio <= TARGET_COST_RATIO
+                if large["automations"] >= 10_000 else None,
+            })
+    return rows

@@ -1,0 +1,172 @@
+"""CI-sized runs of every benchmark scenario (``--quick``), so the benchmarks do not rot.
+
+No target is asserted (CI machines vary); each run must produce well-formed rows, and the
+engine under test must really have processed events and fired. The ``peer`` smoke runs our
+side and the Prefect payload conversion but not Prefect itself: installing Prefect 3.8.8 in
+its own virtualenv takes ~30-45 s and 260 MB, and its server ~10-15 s to start, more than the
+whole smoke budget; the full ``python -m bench peer`` run does that.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from automations.events import Event
+from bench.harness import Bench, Options, Row, latency_figures, percentile
+from bench.prefect import to_prefect
+from bench.scenarios import ceiling, latency, memory, peer, proactive, scaleout, throughput
+from bench.scenarios.latency import sent_stamp
+from bench.workload import build_automations, build_events, expected_firings, group_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def bench(redis_url: str) -> AsyncIterator[Bench]:
+    b = Bench(Options(quick=True, extra={"no_prefect": True}), redis_url)
+    yield b
+    await b.close()
+
+
+def check_rows(rows: list[Row], scenario: str) -> None:
+    assert rows, f"{scenario} produced no rows"
+    for row in rows:
+        assert row["scenario"] == scenario
+        for key, value in row.items():
+            assert isinstance(key, str)
+            assert value is None or isinstance(value, str | int | float | bool | list), key
+        if "target_met" in row:
+            assert "target" in row
+    orjson.dumps({"results": rows})
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not math.isnan(value) and value > 0
+
+
+def test_workload_mix_and_interest() -> None:
+    automations = build_automations(1000)
+    kinds = {a.tags[1] for a in automations}
+    assert kinds == {"reactive", "threshold", "proactive", "compound"}
+    assert len({a.id for a in automations}) == 1000
+    assert [a.id for a in build_automations(20)] == [a.id for a in automations[:20]]
+    events, plan = build_events(2000)
+    parsed = [Event.parse(e) for e in events[:50]]
+    assert all(p.event.startswith("bench.evt.") for p in parsed)
+    share = plan.interested_per_event(1000) / 1000
+    assert 0.007 < share < 0.013  # each event interests about 1% of the automations
+    assert {group_of(i) for i in range(1000)} == set(range(100))
+
+
+def test_prefect_payload_conversion() -> None:
+    automations = build_automations(20, proactive=False)
+    for automation in automations:
+        body = to_prefect(automation)
+        assert "id" not in body
+        assert body["name"] == automation.name
+        trigger = body["trigger"]
+        if trigger["type"] == "event":
+            assert trigger["posture"] == "Reactive"
+            assert isinstance(trigger["within"], float)
+        else:
+            assert "within" in trigger and len(trigger["triggers"]) == 2
+        assert body["actions"] == [{"type": "do-nothing"}]
+    _, plan = build_events(300, resources=10)
+    expected = expected_firings(20, plan)
+    assert sum(expected.values()) > 0
+
+
+async def test_ceiling(bench: Bench) -> None:
+    rows = await ceiling.run(bench)
+    check_rows(rows, "ceiling")
+    assert all(positive(r["events_per_second"]) for r in rows)
+    assert {r["case"] for r in rows} >= {"consumer (bare)", "producer (pipelined XADD)"}
+
+
+async def test_throughput(bench: Bench) -> None:
+    rows = await throughput.run(bench)
+    check_rows(rows, "throughput")
+    measured = [r for r in rows if "events_per_second" in r]
+    assert [r["automations"] for r in measured] == [10, 200, 200]
+    assert [r["active_automations"] for r in measured] == [10, 200, 10]
+    assert all(r["events"] == 2000 and positive(r["events_per_second"]) for r in measured)
+    assert measured[1]["firings"] > 0
+    assert positive(measured[1]["ratio_to_ceiling"])
+    assert positive(rows[-1]["ratio"])
+
+
+async def test_latency(bench: Bench) -> None:
+    rows = await latency.run(bench)
+    check_rows(rows, "latency")
+    event, hook = rows
+    assert event["samples"] > 0 and positive(event["p99_ms"])
+    assert event["p50_ms"] <= event["p99_ms"] <= event["max_ms"]
+    assert hook["requests"] > 0 and hook["samples"] > 0
+
+
+async def test_proactive(bench: Bench) -> None:
+    (row,) = await proactive.run(bench)
+    check_rows([row], "proactive")
+    assert row["deadlines"] == 300 and row["firings"] > 0
+    assert row["samples"] > 0 and row["distinct_fired"] > 0
+
+
+async def test_scaleout(bench: Bench) -> None:
+    rows = await scaleout.run(bench)
+    check_rows(rows, "scaleout")
+    one, two, summary = rows
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert one["events"] == two["events"] == 1500
+    assert one["firings"] > 0 and two["firings"] > 0
+    assert isinstance(summary["same_firings"], bool)  # a target: reported, not asserted
+
+
+async def test_memory(bench: Bench) -> None:
+    rows = await memory.run(bench)
+    check_rows(rows, "memory")
+    buckets = rows[0]
+    assert buckets["buckets"] == 3000 and positive(buckets["bytes_per_bucket"])
+    rss = [r for r in rows if r["case"] == "engine RSS after loading"]
+    assert [r["automations"] for r in rss] == [10, 200]
+    assert all(positive(r["bytes"]) for r in rss)
+
+
+async def test_peer_our_side(bench: Bench) -> None:
+    rows = await peer.run(bench)
+    check_rows(rows, "peer")
+    ours = rows[0]
+    assert ours["engine"] == "automations"
+    assert ours["firings_seen"] > 0 and ours["lost_firings"] == 0
+    assert "skipped" in rows[1]["engine"] and rows[1]["converted_automations"] == 20
+
+
+def test_cli_writes_json(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "ceiling.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "ceiling", "--quick", "--json", str(out),
+         "--redis-url", redis_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    document = orjson.loads(out.read_bytes())
+    assert document["machine"]["cores"] >= 1
+    assert all(r["scenario"] == "ceiling" for r in document["results"])
+    assert "events_per_second" in result.stdout
+
+
+def test_stats_and_stamp_helpers() -> None:
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 99) == 2.0
+    assert math.isnan(percentile([], 50))
+    figures = latency_figures([0.001, 0.002, 0.010])
+    assert figures == {"samples": 3, "p50_ms": 2.0, "p99_ms": 10.0, "max_ms": 10.0}
+    raw = orjson.dumps({"triggering_event": {"payload": {"sent": 1764030000.25}}})
+    assert sent_stamp(raw) == 1764030000.25
+    assert sent_stamp(b"{}") is None
