@@ -4,6 +4,7 @@ until SIGTERM, then prints ``{"stopped": ...}`` and exits. This module is both s
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -14,6 +15,8 @@ from typing import Any
 import anyio
 import orjson
 
+from automations.service import ServiceContext, ServiceFn
+from automations.settings import Settings
 from bench.harness import CACHE_DIR, rss_bytes
 
 Message = dict[str, Any]
@@ -119,3 +122,38 @@ def own_rss() -> int:
 
 def read_json(path: str) -> Any:
     return orjson.loads(Path(path).read_bytes())
+
+
+def child_arguments(prog: str, consumer: str, *, automations: bool) -> argparse.ArgumentParser:
+    """The arguments every child takes; ``automations`` adds ``--automations`` and
+    ``--batch-size``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--consumer", default=consumer)
+    if automations:
+        parser.add_argument("--automations", required=True, help="JSON list of automations")
+        parser.add_argument("--batch-size", type=int, default=None,
+                            help="entries per XREADGROUP (default: the Settings default)")
+    return parser
+
+
+def child_settings(args: argparse.Namespace) -> Settings:
+    batch_size = getattr(args, "batch_size", None)
+    extra = {"batch_size": batch_size} if batch_size else {}
+    return Settings(redis_url=args.redis_url, prefix=args.prefix,
+                    consumer_name=args.consumer, block_ms=50, **extra)
+
+
+async def _run(service: ServiceFn, ctx: ServiceContext) -> None:
+    await service(ctx)
+
+
+async def serve_until_signal(service: ServiceFn, ctx: ServiceContext) -> None:
+    """Run one service after ``go`` until SIGTERM, then let it drain and report."""
+    await wait_for_go()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_run, service, ctx)
+        await wait_for_signal()
+        ctx.stopping.set()
+    say(stopped=True, rss=own_rss())

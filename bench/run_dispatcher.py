@@ -6,8 +6,6 @@ automations to the store (the dispatcher reads them there), then runs the servic
 
 from __future__ import annotations
 
-import argparse
-
 import anyio
 
 from automations.connection import connect
@@ -15,39 +13,29 @@ from automations.dispatch_service import run_dispatcher_service
 from automations.keys import Keys
 from automations.models import Automation
 from automations.service import ServiceContext
-from automations.settings import Settings
 from automations.store import AutomationStore
-from bench.procs import own_rss, read_json, say, wait_for_go, wait_for_signal
-
-
-def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run_dispatcher")
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--automations", required=True, help="JSON list of automations")
-    parser.add_argument("--consumer", default="bench-dispatcher")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="entries per XREADGROUP (default: the Settings default)")
-    return parser.parse_args()
+from bench.procs import (
+    child_arguments,
+    child_settings,
+    own_rss,
+    read_json,
+    say,
+    serve_until_signal,
+)
 
 
 async def main() -> None:
-    args = parse()
-    extra = {"batch_size": args.batch_size} if args.batch_size else {}
-    settings = Settings(redis_url=args.redis_url, prefix=args.prefix,
-                        consumer_name=args.consumer, block_ms=50, **extra)
+    parser = child_arguments("bench.run_dispatcher", "bench-dispatcher", automations=True)
+    args = parser.parse_args()
+    settings = child_settings(args)
     keys = Keys(args.prefix)
     redis = connect(settings)
     automations = [Automation.model_validate(a) for a in read_json(args.automations)]
     await AutomationStore(redis, keys).apply(automations)
     say(ready=True, rss=own_rss(), automations=len(automations))
-    await wait_for_go()
-    stopping = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run_dispatcher_service, ServiceContext(settings, redis, keys, stopping))
-        await wait_for_signal()
-        stopping.set()
-    say(stopped=True, rss=own_rss())
+    await serve_until_signal(
+        run_dispatcher_service, ServiceContext(settings, redis, keys, anyio.Event())
+    )
     await redis.aclose()
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import anyio
@@ -15,26 +14,20 @@ from automations.connection import connect
 from automations.engine import Engine
 from automations.keys import Keys
 from automations.models import Automation
-from automations.settings import Settings
-from bench.procs import own_rss, read_json, say, wait_for_go, wait_for_signal
-
-
-def parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run_engine")
-    parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--automations", required=True, help="JSON list of automations")
-    parser.add_argument("--consumer", default="bench-engine")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="entries per XREADGROUP (default: the Settings default)")
-    return parser.parse_args()
+from bench.procs import (
+    child_arguments,
+    child_settings,
+    own_rss,
+    read_json,
+    say,
+    wait_for_go,
+    wait_for_signal,
+)
 
 
 async def main() -> None:
-    args = parse()
-    extra = {"batch_size": args.batch_size} if args.batch_size else {}
-    settings = Settings(redis_url=args.redis_url, prefix=args.prefix,
-                        consumer_name=args.consumer, block_ms=50, **extra)
+    args = child_arguments("bench.run_engine", "bench-engine", automations=True).parse_args()
+    settings = child_settings(args)
     keys = Keys(args.prefix)
     redis = connect(settings)
     rss_before = own_rss()
