@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from automations.keys import Keys
 from automations.settings import Settings
+from tests.automations.engine_harness import Clock, Harness
 from tests.redis_server import RedisServer
 from tests.sinks import http_sink, smtp_sink  # noqa: F401  (fixtures: real HTTP/SMTP sinks)
 
@@ -75,3 +76,15 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The engine's clock in harness tests, moved by hand."""
+    return Clock()
+
+
+@pytest.fixture
+def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
+    """One engine on the test's prefix, driven batch by batch (see engine_harness)."""
+    return Harness(redis, settings, clock)

@@ -6,23 +6,11 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from automations.bus import Entry
-from automations.settings import Settings
 from tests.automations.engine_harness import Clock, Harness, automation, event, event_ids
 
 FAILED = "prefect.flow-run.Failed"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
-    return Harness(redis, settings, clock)
 
 
 def reactive(**fields: Any) -> dict[str, Any]:

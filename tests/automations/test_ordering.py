@@ -19,11 +19,6 @@ COMPLETED = "prefect.flow-run.Completed"
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
     return Harness(redis, settings, clock, engines=2)
 

@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
-import pytest
 import redis.asyncio as aioredis
 
 from automations.events import utcnow
@@ -26,16 +25,6 @@ from triggers.firing import TriggerState
 
 RUNNING = "prefect.flow-run.Running"
 COMPLETED = "prefect.flow-run.Completed"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
-    return Harness(redis, settings, clock)
 
 
 def stuck(**fields: Any) -> dict[str, Any]:

@@ -13,14 +13,9 @@ from automations.bus import Entry, StreamConsumer
 from automations.events import MAX_EVENT_BYTES
 from automations.keys import Keys
 from automations.settings import Settings
-from tests.automations.engine_harness import Clock, Harness, automation, event
+from tests.automations.engine_harness import Harness, automation, event
 
 FAILED = "prefect.flow-run.Failed"
-
-
-@pytest.fixture
-def h(redis: aioredis.Redis, settings: Settings) -> Harness:
-    return Harness(redis, settings, Clock())
 
 
 async def test_oversize_raw_entries_are_dead_lettered(h: Harness) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-import pytest
 import redis.asyncio as aioredis
 
 from automations.keys import Keys
@@ -15,16 +14,6 @@ from tests.automations.engine_harness import Clock, Harness, automation, event
 from triggers.composite import window_specs
 
 A, B, C = "event.a", "event.b", "event.c"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
-    return Harness(redis, settings, clock)
 
 
 def child(name: str, **fields: Any) -> dict[str, Any]:

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 import redis.asyncio as aioredis
 
-from automations.settings import Settings
 from tests.automations.engine_harness import Clock, Harness, automation, event
 from triggers.window import WindowBatch, from_micros, micros, script_source
 
 FAILED = "prefect.flow-run.Failed"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
-    return Harness(redis, settings, clock)
 
 
 def test_micros_are_exact() -> None:
