@@ -45,7 +45,7 @@ from automations.store import AutomationStore
 from triggers.composite import WindowSpec, window_specs
 from triggers.index import TriggerIndex
 from triggers.plan import Planner, Step
-from triggers.window import Window, WindowBatch
+from triggers.window import Window, WindowBatch, micros
 
 if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
     from automations.service import ServiceContext
@@ -80,6 +80,7 @@ class Engine:
             handler=self.handle_batch, dead_stream=self.keys.dead(self.keys.events),
             consumer=consumer,
         )
+        self._max_future_us = round(settings.max_future_s * 1_000_000)
         self.events = 0
         self.fired = 0
         self.rejected = 0
@@ -196,6 +197,7 @@ class Engine:
         incoming: list[Incoming] = []
         rejects: list[Reject] = []
         waits = self.ordering.waits
+        horizon = micros(now) + self._max_future_us
         for entry in entries:
             raw = entry.fields.get(b"data")
             if raw is None:
@@ -206,9 +208,20 @@ class Engine:
             except InvalidEvent as exc:
                 rejects.append(Reject(entry, f"invalid event: {exc}"))
                 continue
+            if item.occurred_us > horizon:
+                rejects.append(Reject(entry, self._too_far_ahead(item, now)))
+                continue
             item.waits = waits(entry.id, now)
             incoming.append(item)
         return incoming, rejects
+
+    def _too_far_ahead(self, item: Incoming, now: datetime) -> str:
+        ahead = (item.occurred_us - micros(now)) / 1_000_000
+        return (
+            f"invalid event: occurred is {ahead:,.0f} s ahead of the engine's clock "
+            f"(more than AUTOMATIONS_MAX_FUTURE_S={self.settings.max_future_s:g}); "
+            "check the producer's clock"
+        )
 
     @staticmethod
     def _dedupe(incoming: list[Incoming]) -> list[Incoming]:

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     follows_wait_s: float = Field(
         900.0, ge=0, description="How long an event waits for the event it `follows`."
     )
+    max_future_s: float = Field(
+        3600.0, gt=0,
+        description="Events whose `occurred` is further ahead of the engine's clock are "
+        "dead-lettered: a producer with a wrong clock would otherwise open windows that block "
+        "their trigger keys until that time.",
+    )
     proactive_poll_max_s: float = Field(
         0.5, gt=0, description="Longest sleep of the proactive timer between deadline checks."
     )

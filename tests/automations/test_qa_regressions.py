@@ -56,6 +56,26 @@ async def test_wrongly_typed_event_nobody_watches_is_still_refused(h: Harness) -
     assert len(await h.firings()) == 1
 
 
+async def test_an_event_far_ahead_of_the_clock_is_dead_lettered_and_blocks_nothing(
+    h: Harness, settings: Settings,
+) -> None:
+    """QA sent one event dated 9999-12-31: it opened a window that kept its resource's
+    threshold trigger from ever firing. Beyond ``max_future_s`` it is now refused instead."""
+    await h.load(automation({"posture": "Reactive", "expect": [FAILED], "threshold": 2,
+                             "within": 60, "for_each": ["prefect.resource.id"]}))
+    far = settings.max_future_s + 1
+    firings = await h.send(event(FAILED, far, "a"), event(FAILED, 1, "a"), event(FAILED, 2, "a"),
+                           event(FAILED, settings.max_future_s - 1, "b"))
+
+    dead: Any = await h.redis.xrange(h.keys.dead(h.keys.events))
+    assert [f[b"reason"].decode() for _, f in dead] == [
+        f"invalid event: occurred is {far:,.0f} s ahead of the engine's clock "
+        f"(more than AUTOMATIONS_MAX_FUTURE_S={settings.max_future_s:g}); "
+        "check the producer's clock"
+    ]
+    assert [f.triggering_labels for f in firings] == [{"prefect.resource.id": "a"}]
+
+
 async def test_outage_in_a_handler_logs_one_line_and_keeps_entries_pending(
     redis: aioredis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture,
 ) -> None:
