@@ -12,7 +12,8 @@ import functools
 import inspect
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -72,7 +73,7 @@ class _Runnable(Generic[P, R]):
         self.description = description or inspect.getdoc(fn) or ""
         self.settings = settings
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, retries={self.retries})"
@@ -87,6 +88,35 @@ class _Runnable(Generic[P, R]):
 
     def _failure(self, exc: BaseException) -> str:
         return f"{self.noun} run encountered an exception: {type(exc).__name__}: {exc}"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        inspect.signature(self.fn).bind(*args, **kwargs)  # wrong arguments fail before any run
+        if self.is_async:
+            return cast(R, self._acall(args, kwargs))
+        with self._running() as life:
+            return self.run_attempts(life, args, kwargs)
+
+    async def _acall(self, args: Any, kwargs: Any) -> Any:
+        with self._running() as life:
+            return await self.arun_attempts(life, args, kwargs)
+
+    @contextmanager
+    def _running(self) -> Iterator[Lifecycle]:
+        """A publishing session, the run in Pending, and the run as the current context."""
+        with session_scope(self.settings) as session:
+            run, life = self._start(session)
+            reset = self._enter(session, run)
+            try:
+                yield life
+            finally:
+                reset()
+
+    def _start(self, session: Session) -> tuple[RunResources, Lifecycle]:
+        raise NotImplementedError
+
+    def _enter(self, session: Session, run: RunResources) -> Callable[[], None]:
+        """Make ``run`` the current flow or task run; returns what undoes it."""
+        raise NotImplementedError
 
     def run_attempts(self, life: Lifecycle, args: Any, kwargs: Any) -> R:
         for attempt in itertools.count(1):
@@ -133,26 +163,9 @@ class _Runnable(Generic[P, R]):
 class Flow(_Runnable[P, R]):
     """A decorated flow function; calling it runs it as a flow run."""
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        inspect.signature(self.fn).bind(*args, **kwargs)  # wrong arguments fail before any run
-        if self.is_async:
-            return cast(R, self._acall(args, kwargs))
-        with session_scope(self.settings) as session:
-            run, life = self._start(session)
-            token = current_flow_run.set(FlowRunContext(session, run))
-            try:
-                return self.run_attempts(life, args, kwargs)
-            finally:
-                current_flow_run.reset(token)
-
-    async def _acall(self, args: Any, kwargs: Any) -> Any:
-        with session_scope(self.settings) as session:
-            run, life = self._start(session)
-            token = current_flow_run.set(FlowRunContext(session, run))
-            try:
-                return await self.arun_attempts(life, args, kwargs)
-            finally:
-                current_flow_run.reset(token)
+    def _enter(self, session: Session, run: RunResources) -> Callable[[], None]:
+        token = current_flow_run.set(FlowRunContext(session, run))
+        return functools.partial(current_flow_run.reset, token)
 
     def _start(self, session: Session) -> tuple[RunResources, Lifecycle]:
         parent = current_flow_run.get()
@@ -175,26 +188,9 @@ class Task(_Runnable[P, R]):
     kind = "task-run"
     noun = "Task"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        inspect.signature(self.fn).bind(*args, **kwargs)
-        if self.is_async:
-            return cast(R, self._acall(args, kwargs))
-        with session_scope(self.settings) as session:
-            run, life = self._start(session)
-            token = current_task_run.set(TaskRunContext(session, run))
-            try:
-                return self.run_attempts(life, args, kwargs)
-            finally:
-                current_task_run.reset(token)
-
-    async def _acall(self, args: Any, kwargs: Any) -> Any:
-        with session_scope(self.settings) as session:
-            run, life = self._start(session)
-            token = current_task_run.set(TaskRunContext(session, run))
-            try:
-                return await self.arun_attempts(life, args, kwargs)
-            finally:
-                current_task_run.reset(token)
+    def _enter(self, session: Session, run: RunResources) -> Callable[[], None]:
+        token = current_task_run.set(TaskRunContext(session, run))
+        return functools.partial(current_task_run.reset, token)
 
     def _start(self, session: Session) -> tuple[RunResources, Lifecycle]:
         flow_ctx = current_flow_run.get()
