@@ -12,8 +12,6 @@ import math
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,61 +24,22 @@ import redis.asyncio as aioredis
 
 from automations.keys import Keys
 from automations.settings import Settings
+from tests.redis_server import RedisServer
 
 Row = dict[str, Any]
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisProcess:
-    """A throwaway ``redis-server`` on 127.0.0.1, no persistence, killed on ``stop()``."""
+class RedisProcess(RedisServer):
+    """A throwaway ``redis-server`` (the test suite's) in a temporary directory, removed on
+    ``stop()``."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install -y redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        super().__init__(Path(tempfile.mkdtemp(prefix="bench-redis-")))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            self.proc = None
+        super().stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from automations.models import Automation
-from bench.harness import CACHE_DIR, free_port
+from bench.harness import CACHE_DIR
+from tests.redis_server import free_port
 
 PREFECT_VERSION = "3.8.8"
 # fastapi 0.165 breaks Prefect 3.8.8's server (`Body() got an unexpected keyword 'min_items'`).
