@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -175,12 +175,11 @@ class EventTrigger(_TriggerBase):
         return count < self.threshold
 
 
-class CompoundTrigger(_TriggerBase):
-    """Fires when ``require`` (any, all or N) of its children fired within ``within``."""
+class _CompositeBase(_TriggerBase):
+    """Children and the optional ``within`` (seconds, ISO-8601 or null: no limit)."""
 
-    type: Literal["compound"] = "compound"
+    type: Literal["compound", "sequence"]  # each subclass narrows it (and keeps it first)
     triggers: list[Trigger] = Field(min_length=1)
-    require: int | Literal["any", "all"]
     within: timedelta | None = Field(default=None, ge=timedelta(0))
 
     @field_validator("within", mode="before")
@@ -189,9 +188,20 @@ class CompoundTrigger(_TriggerBase):
         return _seconds(value)
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> CompoundTrigger:
+    def _unique_ids(self) -> Self:
         _check_unique_ids(self)
         return self
+
+    @field_serializer("within")
+    def _ser_within(self, value: timedelta | None) -> float | None:
+        return None if value is None else value.total_seconds()
+
+
+class CompoundTrigger(_CompositeBase):
+    """Fires when ``require`` (any, all or N) of its children fired within ``within``."""
+
+    type: Literal["compound"] = "compound"
+    require: int | Literal["any", "all"]
 
     @field_validator("require", mode="before")
     @classmethod
@@ -215,10 +225,6 @@ class CompoundTrigger(_TriggerBase):
             )
         return value
 
-    @field_serializer("within")
-    def _ser_within(self, value: timedelta | None) -> float | None:
-        return None if value is None else value.total_seconds()
-
     @property
     def needed(self) -> int:
         if self.require == "any":
@@ -228,33 +234,17 @@ class CompoundTrigger(_TriggerBase):
         return self.require
 
 
-class SequenceTrigger(_TriggerBase):
+class SequenceTrigger(_CompositeBase):
     """Fires when all its children fired, in the declared order, within ``within``."""
 
     type: Literal["sequence"] = "sequence"
-    triggers: list[Trigger] = Field(min_length=1)
-    within: timedelta | None = Field(default=None, ge=timedelta(0))
-
-    @field_validator("within", mode="before")
-    @classmethod
-    def _within_before(cls, value: Any) -> Any:
-        return _seconds(value)
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> SequenceTrigger:
-        _check_unique_ids(self)
-        return self
-
-    @field_serializer("within")
-    def _ser_within(self, value: timedelta | None) -> float | None:
-        return None if value is None else value.total_seconds()
 
     @property
     def needed(self) -> int:
         return len(self.triggers)
 
 
-def _check_unique_ids(trigger: CompoundTrigger | SequenceTrigger) -> None:
+def _check_unique_ids(trigger: _CompositeBase) -> None:
     """Trigger ids key the window state, so one automation may not reuse one."""
     seen: set[UUID] = {trigger.id}
     stack: list[Any] = list(trigger.triggers)
