@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -88,3 +89,14 @@ def clock() -> Clock:
 def h(redis: aioredis.Redis, settings: Settings, clock: Clock) -> Harness:
     """One engine on the test's prefix, driven batch by batch (see engine_harness)."""
     return Harness(redis, settings, clock)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Subprocesses a test starts; any still running at the end are killed and reaped."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,6 @@ from triggers.firing import Firing
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("automations"))
 EVENTS = 3000
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
 
 
 def spawn(procs: list[subprocess.Popen[str]], redis_url: str, prefix: str, name: str) -> None:

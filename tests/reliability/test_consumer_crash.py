@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,6 @@ EXE = str(Path(sys.executable).with_name("automations"))
 
 def events(n: int) -> list[Event]:
     return [Event(event="e", resource={"prefect.resource.id": f"r{i}"}) for i in range(n)]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def spawn(procs: list[subprocess.Popen[str]], args: list[str], env: dict[str, str] | None = None
