@@ -54,7 +54,7 @@ from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
 from automations.events import Event, format_validation_error, utcnow
 from automations.keys import DISPATCH_GROUP, Keys
 from automations.settings import Settings
-from triggers.firing import Firing
+from triggers.firing import Firing, OutboxEntryError, firings_of
 
 log = logging.getLogger(__name__)
 
@@ -264,14 +264,23 @@ class Dispatcher:
             await self.run_action(inv, begun=True)
 
     def _parse(self, entries: Sequence[Entry], rejects: list[Reject]) -> list[tuple[Entry, Firing]]:
+        """``(entry, firing)`` for every firing of the batch; an engine entry holding several
+        firings yields an entry per firing (one ``data`` field: what a dead letter keeps)."""
         parsed = []
         for entry in entries:
             try:
-                parsed.append((entry, Firing.from_json(entry.fields[b"data"])))
-            except KeyError:
-                rejects.append(Reject(entry, "firing entry has no 'data' field"))
+                firings = firings_of(entry.fields)
+            except OutboxEntryError as exc:
+                rejects.append(Reject(entry, str(exc)))
+                continue
             except ValidationError as exc:
                 rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
+                continue
+            if len(firings) == 1 and b"data" in entry.fields:
+                parsed.append((entry, firings[0]))
+            else:
+                parsed += [(Entry(entry.id, {b"data": f.to_json()}, entry.deliveries), f)
+                           for f in firings]
         return parsed
 
     async def run_retry(self, job: RetryJob) -> str:

@@ -23,6 +23,7 @@ One batch reads top to bottom (``handle_batch``): decode -> dedupe -> match -> a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -31,8 +32,10 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 import anyio
+import orjson
 import redis.asyncio as aioredis
 
+from automations.announce import Announcer
 from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
 from automations.errors import InvalidEvent
 from automations.events import Event, utcnow
@@ -42,7 +45,7 @@ from automations.ordering import SKIPPED_EVENTS, FollowsOrdering, Incoming, deco
 from automations.reload import follow, resync
 from automations.settings import Settings
 from automations.store import AutomationStore
-from triggers.composite import WindowSpec, window_specs
+from triggers.composite import WindowSpec, automation_resource, window_specs
 from triggers.index import TriggerIndex
 from triggers.plan import Planner, Step
 from triggers.window import Window, WindowBatch, micros
@@ -72,6 +75,7 @@ class Engine:
         self._specs: dict[tuple[UUID, UUID], WindowSpec] = {}
         self._automations: dict[UUID, list[WindowSpec]] = {}
         self._spec_of: dict[int, WindowSpec] = {}  # id(event trigger) -> its spec
+        self._resources: dict[str, bytes] = {}  # automation id -> its events' resource JSON
         self._planner = Planner(self.keys, self._index, self._spec_of.__getitem__)
         self._window = Window(redis, self.keys, settings)
         self.ordering = FollowsOrdering(redis, self.keys, settings)
@@ -80,6 +84,8 @@ class Engine:
             handler=self.handle_batch, dead_stream=self.keys.dead(self.keys.events),
             consumer=consumer,
         )
+        self.announcer = Announcer(redis, settings, keys=self.keys, consumer=consumer,
+                                   resource_of=self._resources.get)
         self._max_future_us = round(settings.max_future_s * 1_000_000)
         self.events = 0
         self.fired = 0
@@ -129,7 +135,9 @@ class Engine:
         await self._window.unregister([s.trigger_id for s in old])
 
     def _remember(self, automation: Automation) -> list[WindowSpec]:
-        specs = window_specs(automation.id, automation.name, automation.trigger, self.keys)
+        specs = window_specs(automation.id, automation.trigger, self.keys)
+        self._resources[str(automation.id)] = orjson.dumps(
+            automation_resource(automation.id, automation.name, automation.trigger))
         self._index.add(automation.id, automation.trigger)
         self._automations[automation.id] = specs
         self._planner.clear()
@@ -140,6 +148,7 @@ class Engine:
 
     def _forget(self, automation_id: UUID) -> list[WindowSpec]:
         self._index.remove(automation_id)
+        self._resources.pop(str(automation_id), None)
         specs = self._automations.pop(automation_id, [])
         self._planner.clear()
         for spec in specs:
@@ -150,20 +159,30 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:
         """Consume until ``stop()``; held followers past ``follows_wait_s`` are released
-        alongside."""
+        alongside, and the announcer publishes the firings' events. Both consumers finish
+        the batch in hand."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._release_loop)
-            await self._consumer.run()
-            tg.cancel_scope.cancel()
+            tg.start_soon(self.announcer.run)
+            async with anyio.create_task_group() as releasing:
+                releasing.start_soon(self._release_loop)
+                await self._consumer.run()
+                releasing.cancel_scope.cancel()
+            self.announcer.stop()
 
     def stop(self) -> None:
         self._consumer.stop()
+        self.announcer.stop()
 
     async def run_until_idle(self) -> int:
-        """Handle every pending and new event; returns how many stream entries were handled
-        (for tests and benchmarks). Lost followers wait for ``release_lost()``, which ``run``
-        calls every second."""
-        return await self._consumer.run_until_idle()
+        """Handle every pending and new event, and announce every firing (whose events are
+        handled in turn); returns how many events-stream entries were handled (for tests and
+        benchmarks). Lost followers wait for ``release_lost()``, which ``run`` calls every
+        second."""
+        handled = 0
+        while True:
+            handled += await self._consumer.run_until_idle()
+            if not await self.announcer.run_until_idle():
+                return handled
 
     async def _release_loop(self) -> None:
         while True:
@@ -240,24 +259,36 @@ class Engine:
         script blocks Redis while it runs); followers released by an event go right after it,
         except ``lost`` ones, which keep their place in ``incoming`` (as in the reference)."""
         pending = incoming
+        batch = self._match(pending, now) if pending else None
         for _ in range(MAX_ROUNDS):
-            if not pending:
+            if batch is None:
                 return
-            batch = self._match(pending)
-            result = await self._window.apply(batch, now)
+            # The next call's operations are built while Redis runs this one (the usual case:
+            # nothing released, so the next call starts where this one ends).
+            applying = asyncio.ensure_future(self._window.apply(batch, now))
+            await asyncio.sleep(0)  # let the call go out before the CPU-bound matching
+            rest = pending[len(batch):]
+            try:
+                upcoming = self._match(rest, now) if rest else None
+            finally:
+                result = await applying
             self.fired += result.fired
             self.parked += result.parked
             released = self.ordering.decode_released(result.released, self._planner)
             if lost:
                 released = [item for item in released if item.id not in lost]
-            pending = released + pending[result.consumed:]
+            if released or result.consumed != len(batch):
+                pending = released + pending[result.consumed:]
+                batch = self._match(pending, now) if pending else None
+            else:
+                pending, batch = rest, upcoming
         log.warning("follows chains too deep: %d events left for the next batch", len(pending))
         raise RuntimeError("follows release did not converge")
 
-    def _match(self, incoming: list[Incoming]) -> WindowBatch:
+    def _match(self, incoming: list[Incoming], now: datetime) -> WindowBatch:
         """One operation per (event, covering trigger), in event order, for a prefix of
         ``incoming`` (at least one event, at most about ``OPS_PER_CALL`` operations)."""
-        batch = WindowBatch(self.keys)
+        batch = WindowBatch(self.keys, iso=now.isoformat())
         for item in incoming:
             if batch.op_count >= OPS_PER_CALL:
                 break
@@ -285,7 +316,10 @@ class Engine:
                 compiled = step.compiled
                 template = step.keyed(*encode(
                     compiled, compiled.bucketing_key_parts(resource, related)))
-            batch.add_op(number, step.spec, template)
+            if step.spec.fires_at_once:
+                batch.add_ready(number, step.spec, template[1])
+            else:
+                batch.add_op(number, step.spec, template)
 
 
 def _evaluation_order(step: Step) -> tuple[str, int]:

@@ -25,6 +25,7 @@ from bench.harness import (
 )
 from bench.procs import ServiceProcess
 from bench.workload import automations_json, ensure_group, push
+from triggers.firing import outbox_parts
 from triggers.models import EventTrigger
 
 
@@ -73,8 +74,18 @@ async def read_firings(redis: aioredis.Redis, stream: str) -> list[dict[str, Any
         if not entries:
             return firings
         for _, fields in entries:
-            firings.append(orjson.loads(fields[b"data"]))
+            firings += firing_dicts(fields)
         start = "(" + entries[-1][0].decode()
+
+
+def firing_dicts(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+    """The firings of one outbox entry as dicts, each with its triggering event."""
+    items, event_raw = outbox_parts(fields)
+    if event_raw is not None:
+        event = orjson.loads(event_raw)
+        for item in items:
+            item["triggering_event"] = event
+    return items
 
 
 def per_automation(firings: list[dict[str, Any]]) -> Counter[str]:

@@ -48,6 +48,11 @@ class WindowSpec:
     proactive: bool
     global_key: str | None  # the one bucket of a Proactive trigger without for_each/after
     ordinal: int  # position in the automation's trigger walk (evaluation order)
+    # immediate and top level: every covered event fires it, with no state and no parent,
+    # so the engine writes the firing itself and the script only appends it to the outbox
+    # when the event is new (``ids_json``: its automation and trigger id fields)
+    fires_at_once: bool = False
+    ids_json: str = ""
 
     @property
     def trigger_id(self) -> str:
@@ -66,10 +71,6 @@ class WindowSpec:
         )
 
 
-def _fragment(automation_id: str, trigger_id: UUID) -> str:
-    return f'"automation_id":"{automation_id}","trigger_id":"{trigger_id}"'
-
-
 def _chain_link(automation_id: str, parent: CompositeTrigger, keys: Keys) -> dict[str, Any]:
     within = -1 if parent.within is None else to_us(parent.within.total_seconds())
     return {
@@ -79,7 +80,6 @@ def _chain_link(automation_id: str, parent: CompositeTrigger, keys: Keys) -> dic
         "n": parent.needed,
         "w": within,
         "o": [str(child.id) for child in parent.triggers],
-        "ff": _fragment(automation_id, parent.id),
     }
 
 
@@ -90,13 +90,18 @@ def immediate(trigger: EventTrigger) -> bool:
             and not trigger.after and effective_within(trigger).total_seconds() == 0)
 
 
-def window_specs(automation_id: UUID, name: str, trigger: Trigger, keys: Keys) -> list[WindowSpec]:
-    """Every event trigger of an automation, described for the window scripts."""
-    aid = str(automation_id)
-    resource: dict[str, str] = {RESOURCE_ID: f"prefect.automation.{aid}", RESOURCE_NAME: name}
+def automation_resource(automation_id: UUID, name: str, trigger: Trigger) -> dict[str, str]:
+    """The resource of an automation's ``prefect.automation.*`` events (reference 3.13)."""
+    resource = {RESOURCE_ID: f"prefect.automation.{automation_id}", RESOURCE_NAME: name}
     if isinstance(trigger, EventTrigger):
         resource["prefect.posture"] = trigger.posture.value
-    resource_json = orjson.dumps(resource).decode()
+    return resource
+
+
+def window_specs(automation_id: UUID, trigger: Trigger, keys: Keys) -> list[WindowSpec]:
+    """Every event trigger of an automation, described for the window scripts (kept small:
+    every script call decodes the specs its operations use)."""
+    aid = str(automation_id)
     specs: list[WindowSpec] = []
     for ordinal, path in enumerate(all_event_triggers(trigger)):
         t = path.trigger
@@ -113,8 +118,6 @@ def window_specs(automation_id: UUID, name: str, trigger: Trigger, keys: Keys) -
             "w": to_us(effective_within(t).total_seconds()),
             "af": 1 if t.after else 0,
             "fe": 1 if t.for_each else 0,
-            "ff": _fragment(aid, t.id),
-            "er": resource_json,
             "ch": [_chain_link(aid, p, keys) for p in reversed(path.parents)],
             # immediate: fires on every covered event and keeps no bucket (no Redis read)
             "im": 1 if immediate(t) else 0,
@@ -132,5 +135,7 @@ def window_specs(automation_id: UUID, name: str, trigger: Trigger, keys: Keys) -
             proactive=proactive,
             global_key=global_key,
             ordinal=ordinal,
+            fires_at_once=top_level and immediate(t),
+            ids_json=f'"automation_id":"{aid}","trigger_id":"{tid}"',
         ))
     return specs

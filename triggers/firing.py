@@ -1,11 +1,20 @@
 """The ``Firing``: the only thing that crosses from triggers to actions.
 
-One firings-stream entry holds ``data`` = ``Firing.to_json()``. The engine writes it inside
-the same Lua script that changes the window (the outbox); the dispatcher reads it.
+The engine writes firings inside the same Lua script that changes the window (the outbox);
+the dispatcher reads them. A firings-stream entry is either
+
+- **the engine's form**: ``firings`` = a JSON list of firings without their
+  ``triggering_event``, ``event`` = that event's JSON and ``event_id`` its id (both absent
+  when the firings have no event). Firings caused by one event share one entry, so the ~1 KB
+  event is stored once, not once per automation it fires; or
+- **one firing**: ``data`` = ``Firing.to_json()`` (what tools and tests write by hand).
+
+``firings_of`` reads both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -52,3 +61,47 @@ class Firing(BaseModel):
             f"Firing(id={self.id}, automation={self.automation_id}, "
             f"states={[s.value for s in self.trigger_states]}, labels={self.triggering_labels})"
         )
+
+
+class OutboxEntryError(ValueError):
+    """A firings-stream entry that is not a firing (the dispatcher dead-letters it)."""
+
+
+def outbox_parts(fields: Mapping[bytes, bytes]) -> tuple[list[dict[str, Any]], bytes | None]:
+    """The raw firings of an entry (dicts, as written) and the JSON of their shared triggering
+    event (``None`` for a ``data`` entry, whose firing carries its own)."""
+    raw = fields.get(b"firings")
+    if raw is not None:
+        try:
+            items = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise OutboxEntryError(f"invalid firing: 'firings' is not JSON: {exc}") from None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise OutboxEntryError("invalid firing: 'firings' is not a JSON list of objects")
+        return items, fields.get(b"event")
+    data = fields.get(b"data")
+    if data is None:
+        raise OutboxEntryError("firing entry has no 'firings' or 'data' field")
+    try:
+        item = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise OutboxEntryError(f"invalid firing: 'data' is not JSON: {exc}") from None
+    if not isinstance(item, dict):
+        raise OutboxEntryError("invalid firing: 'data' is not a JSON object")
+    return [item], None
+
+
+def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
+    """Every firing of one firings-stream entry, with its triggering event filled in.
+
+    Raises ``OutboxEntryError`` for an entry that is not one, pydantic's ``ValidationError``
+    for a firing that does not validate."""
+    items, event_raw = outbox_parts(fields)
+    if event_raw is not None:
+        try:
+            event = orjson.loads(event_raw)
+        except orjson.JSONDecodeError as exc:
+            raise OutboxEntryError(f"invalid firing: 'event' is not JSON: {exc}") from None
+        for item in items:
+            item["triggering_event"] = event
+    return [Firing.model_validate(item) for item in items]

@@ -64,6 +64,11 @@ class WindowBatch:
     specs: list[str] = field(default_factory=list)
     events: list[list[Any]] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
+    ready: list[list[str]] = field(default_factory=list)  # per event: firings written here
+    iso: str = ""  # the firings' `triggered` (the call's now)
+    ready_count: int = 0
+    _id_base: str = field(default_factory=lambda: str(uuid7())[:28])
+    _id_seq: int = 0
     ops: list[int] = field(default_factory=list)  # flat triples: event #, spec #, template #
     templates: list[OpTemplate] = field(default_factory=list)
     _spec_no: dict[int, int] = field(default_factory=dict)
@@ -80,7 +85,12 @@ class WindowBatch:
 
     @property
     def op_count(self) -> int:
-        return len(self.ops) // 3
+        return len(self.ops) // 3 + self.ready_count
+
+    def new_id(self) -> str:
+        """A fresh UUID (this batch's uuid7 base and a counter, as the scripts make them)."""
+        self._id_seq += 1
+        return f"{self._id_base}{self._id_seq:08x}"
 
     def add_event(
         self, event_id: str, occurred_us: int, raw: bytes, *,
@@ -93,10 +103,21 @@ class WindowBatch:
         self.events.append([
             event_id, occurred_us, keys.seen(event_id),
             keys.seen(leader) if leader else "", keys.followers(leader) if leader else "",
-            1 if waits else 0, keys.followers(event_id), 1 if counts else 0,
+            1 if waits else 0, keys.followers(event_id), 1 if counts else 0, 0,
         ])
         self.raws.append(raw)
+        self.ready.append([])
         return len(self.events)
+
+    def add_ready(self, event_no: int, spec: WindowSpec, labels: str) -> None:
+        """The firing of a trigger that needs no state (``WindowSpec.fires_at_once``): written
+        here, appended by the script to the event's outbox entry if the event is new."""
+        self.ready[event_no - 1].append(
+            f'{{"id":"{self.new_id()}",{spec.ids_json},"trigger_states":["Triggered"],'
+            f'"triggered":"{self.iso}","triggering_labels":{labels},"triggering_firings":[],'
+            f'"automation_triggered_event_id":"{self.new_id()}"}}')
+        self.events[event_no - 1][8] += 1
+        self.ready_count += 1
 
     def add_op(self, event_no: int, spec: WindowSpec, template: OpTemplate) -> None:
         """One (event, trigger) operation; ``template`` (bucket key, labels JSON, held key,
@@ -159,7 +180,7 @@ class Window:
         self._tick = redis.register_script(script_source("tick"))
         self._static = {
             "fs": keys.firings, "es": keys.events,
-            "lf": keys.last_fired, "dl": keys.deadlines, "gl": keys.proactive_globals,
+            "dl": keys.deadlines, "gl": keys.proactive_globals,
             "sk": keys.trigger_specs, "ck": keys.events_clock,
             "held": keys.held_events, "wl": keys.waitlist,
             "sweep": to_us(SWEEP_S), "lookback": to_us(LOOKBACK_S),
@@ -186,6 +207,7 @@ class Window:
             self._header(now), "[" + ",".join(batch.specs) + "]",
             orjson.dumps(batch.events), orjson.dumps(batch.ops),
             orjson.dumps(batch.templates), *batch.raws,
+            *[",".join(firings) for firings in batch.ready],
         ])
         return ApplyResult(
             fired=int(reply[0]), processed=int(reply[1]), parked=int(reply[2]),

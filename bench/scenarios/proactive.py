@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from actions.models import DoNothing
 from automations.keys import Keys
 from automations.models import Automation
-from bench.drive import start_engines
+from bench.drive import firing_dicts, start_engines
 from bench.harness import Bench, Row, latency_figures, xread_after
 from bench.procs import stop_all
 from bench.workload import encode, event_dict, push
@@ -54,13 +54,13 @@ async def watch(
         now = time.time()
         for entry_id, fields in entries:
             last = entry_id
-            firing = orjson.loads(fields[b"data"])
-            seen += 1
-            labels.add(orjson.dumps(firing.get("triggering_labels")).decode())
-            event = firing.get("triggering_event") or {}
-            if "occurred" in event:
-                due = datetime.fromisoformat(event["occurred"]).timestamp() + WITHIN
-                lateness.append(now - due)
+            for firing in firing_dicts(fields):
+                seen += 1
+                labels.add(orjson.dumps(firing.get("triggering_labels")).decode())
+                event = firing.get("triggering_event") or {}
+                if "occurred" in event:
+                    due = datetime.fromisoformat(event["occurred"]).timestamp() + WITHIN
+                    lateness.append(now - due)
     return lateness, seen, labels
 
 

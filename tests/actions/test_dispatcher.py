@@ -187,7 +187,8 @@ async def test_bad_entries_are_dead_lettered_and_do_not_stop_the_batch(
     await dispatcher.drain()
     reasons = sorted(d["reason"].split(":")[0] for d in await dead_letters(redis, keys))
     assert reasons == ["automation " + str(deleted.id) + " does not exist (deleted after it fired)",
-                       "firing entry has no 'data' field", "invalid firing", "invalid firing"]
+                       "firing entry has no 'firings' or 'data' field", "invalid firing",
+                       "invalid firing"]
     assert dispatcher.counts["executed"] == 1
 
 

@@ -18,7 +18,7 @@ from automations.models import Automation
 from automations.proactive import ProactiveTimer
 from automations.publishing import Publisher
 from automations.settings import Settings
-from triggers.firing import Firing
+from triggers.firing import Firing, firings_of
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -102,9 +102,11 @@ class Harness:
         entries: Any = await self.redis.xrange(self.keys.firings, min=f"({self._last}")
         if entries:
             self._last = entries[-1][0].decode()
-        return [Firing.from_json(fields[b"data"]) for _, fields in entries]
+        return [f for _, fields in entries for f in firings_of(fields)]
 
     async def automation_events(self) -> list[Event]:
+        """The prefect.automation.* events so far (announced first, as a running engine does)."""
+        await self.engine.announcer.run_until_idle()
         entries: Any = await self.redis.xrange(self.keys.events)
         found = [Event.from_json(f[b"data"]) for _, f in entries]
         return [e for e in found if e.event.startswith("prefect.automation.")]

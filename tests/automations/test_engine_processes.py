@@ -22,7 +22,7 @@ from automations.publishing import Publisher
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.automations.engine_harness import automation
-from triggers.firing import Firing
+from triggers.firing import Firing, firings_of
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("automations"))
@@ -44,7 +44,7 @@ def spawn(procs: list[subprocess.Popen[str]], redis_url: str, prefix: str, name:
 
 async def _firings(redis: aioredis.Redis, keys: Keys) -> list[Firing]:
     entries: Any = await redis.xrange(keys.firings)
-    return [Firing.from_json(f[b"data"]) for _, f in entries]
+    return [firing for _, f in entries for firing in firings_of(f)]
 
 
 async def _until(redis: aioredis.Redis, keys: Keys, count: int, seconds: float) -> list[Firing]:

@@ -26,7 +26,7 @@ from automations.reload import follow
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.redis_server import RedisServer
-from triggers.firing import Firing
+from triggers.firing import firings_of
 
 
 class RecordingEngine:
@@ -192,8 +192,8 @@ def hot(name: str, event: str) -> Automation:
 
 async def fired_for(redis: aioredis.Redis, keys: Keys, automation_id: UUID) -> int:
     entries: Any = await redis.xrange(keys.firings)
-    return sum(1 for _, fields in entries
-               if Firing.from_json(fields[b"data"]).automation_id == automation_id)
+    return sum(1 for _, fields in entries for firing in firings_of(fields)
+               if firing.automation_id == automation_id)
 
 
 async def test_two_engines_pick_up_apply_pause_resume_and_delete(

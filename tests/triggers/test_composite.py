@@ -172,7 +172,7 @@ async def test_check_and_clear_is_atomic_across_engines(
 
 def test_specs_describe_the_chain() -> None:
     a = automation({"type": "sequence", "within": 5, "triggers": [compound(2, A, B, C), child(A)]})
-    specs = window_specs(a.id, a.name, a.trigger, Keys("p"))
+    specs = window_specs(a.id, a.trigger, Keys("p"))
     assert len(specs) == 4
     assert all(not s.top_level for s in specs)
     assert '"s":1' in specs[0].json and '"n":2' in specs[0].json

@@ -21,7 +21,7 @@ def planner_for(*triggers: EventTrigger | CompoundTrigger) -> tuple[Planner, Key
         aid = uuid4()
         automation_ids.append(str(aid))
         index.add(aid, trigger)
-        for spec in window_specs(aid, "a", trigger, keys):
+        for spec in window_specs(aid, trigger, keys):
             spec_of[id(spec.trigger)] = spec
     return Planner(keys, index, spec_of.__getitem__), keys, automation_ids
 

@@ -3,11 +3,14 @@
 --
 -- ARGV[2] specs (JSON list; see triggers/composite.py), ARGV[3] events (JSON list of
 --   [id, occurred us, seen key, leader seen key or "", leader followers key or "",
---    waits (1 = may be held for its leader), own followers key, counts (1 = moves the clock)]),
+--    waits (1 = may be held for its leader), own followers key, counts (1 = moves the clock),
+--    ready (how many firings the engine wrote for it)]),
 -- ARGV[4] ops (flat JSON list of triples event #, spec #, template #, ordered by event #),
 -- ARGV[5] templates (JSON list of [bucket key, labels JSON, held key or "", after (0/1),
 --   expect (0/1), unresolved key or ""], shared by the ops that use them),
--- ARGV[6..] raw event JSON, one per event (passed once, whatever the number of its ops).
+-- ARGV[6..] raw event JSON, one per event (passed once, whatever the number of its ops), then
+--   per event its ready firings (comma-joined JSON objects, "" if none): those of triggers
+--   that keep no state, appended to its outbox entry if the event is new.
 -- Header extras: ttl (seen s), held (held events hash), wl (waitlist zset), fttl (followers
 --   set ttl ms), ck (events clock hash).
 -- Returns {fired, processed, parked, events consumed, released raw JSON...}: the script stops
@@ -38,7 +41,7 @@ local function resolve(sp, u, lb, ev)
   local left = redis.call('DECR', u)
   if left > 0 then return end
   redis.call('DEL', u)
-  publish(sp, lb, ev.raw, ev.id, '[]', sp.ff, 'Resolved')
+  publish(sp, lb, ev.raw, ev.id, '[]', frag(sp.a, sp.t), 'Resolved')
 end
 
 -- The per-event algorithm of reference 3.3 (triggers/reference.py point 3) for one
@@ -121,6 +124,11 @@ for ei = 1, #EVS do
     ASOF = clock
     processed = processed + 1
     if not globals_done then ensure_globals(); globals_done = true end
+  end
+  if go and e[9] > 0 then  -- firings the engine wrote (triggers that keep no state)
+    out_entry(e[1], raw)
+    OUT[#OUT + 1] = ARGV[5 + #EVS + ei]
+    FIRED = FIRED + e[9]
   end
   -- one event table per event, its per-trigger fields set per op (nothing keeps it)
   local ev = {id = e[1], t = e[2], raw = raw, A = false, E = false, hk = ''}

@@ -7,7 +7,7 @@
 -- fmt() because Redis would format a Lua number with 14 significant digits.
 --
 -- ARGV[1] is the header (JSON): now (wall us), iso (wall ISO), idb (28-char id base), fs
--- (firings stream), es (events stream), lf (last_fired hash), dl
+-- (firings stream), es (events stream), dl
 -- (deadlines zset), sweep (us a reactive bucket lives after its end), lookback (us),
 -- held_keep (us a held expect event outlives its window), uttl (s an unresolved proactive
 -- firing waits for its resolution), gl (hash trigger id -> spec of global proactive triggers).
@@ -33,7 +33,6 @@ end
 -- Buckets go through a write-back cache for the length of one script call: each is read from
 -- Redis once and written once (flush, at the end of the script), however many events of the
 -- batch hit it. The script is atomic, so nobody can observe the deferred writes.
-local LAST_FIRED = {}  -- automation ids that fired in this call (array part: in order)
 local COMPOSITES = {}  -- composite hash key -> its state (write-back, as buckets)
 local COMPOSITE_ORDER = {}
 local CACHE = {}    -- key -> bucket table, or false (absent or deleted)
@@ -169,45 +168,65 @@ local function ensure_globals()
   end
 end
 
--- Firing JSON (triggers/firing.py shape).
+-- The automation and trigger id fields of a firing.
+local function frag(a, t)
+  return '"automation_id":"' .. a .. '","trigger_id":"' .. t .. '"'
+end
+
+-- Firing JSON (triggers/firing.py shape). `evraw` false: the compact outbox form, where the
+-- triggering event is the entry's `event` field, stored once for all the entry's firings.
 local function firing_json(ff, lb, evraw, tf, aeid, state)
   local ae = 'null'
   if aeid then ae = '"' .. aeid .. '"' end
+  local tail = ',"automation_triggered_event_id":' .. ae .. '}'
+  local te = ''
+  if evraw ~= false then te = ',"triggering_event":' .. (evraw or 'null') end
   return '{"id":"' .. newid() .. '",' .. ff .. ',"trigger_states":["' .. (state or 'Triggered')
-    .. '"],"triggered":"'
-    .. ISO .. '","triggering_labels":' .. lb .. ',"triggering_event":' .. (evraw or 'null')
-    .. ',"triggering_firings":' .. tf .. ',"automation_triggered_event_id":' .. ae .. '}'
+    .. '"],"triggered":"' .. ISO .. '","triggering_labels":' .. lb .. te
+    .. ',"triggering_firings":' .. tf .. tail
 end
 
--- The outbox: firing to the firings stream, prefect.automation.triggered/resolved (reference
--- 3.13) to the events stream, last_fired for `ls`. A Triggered top-level proactive firing
--- arms its key's Resolved counter (DESIGN.md section 5).
+-- The outbox entry being built: consecutive firings with the same triggering event share one
+-- firings-stream entry (fields `firings`, the JSON list, and `event`/`event_id` when there is
+-- an event), so the ~1 KB event is written once however many automations it fires.
+local OUT = {}
+local OUT_ID = nil
+local OUT_RAW = nil
+
+local function flush_outbox()
+  if #OUT == 0 then return end
+  -- no MAXLEN here: the consumers trim the stream, never past a pending entry
+  if OUT_RAW then
+    redis.call('XADD', H.fs, '*', 'firings', '[' .. table.concat(OUT, ',') .. ']',
+               'event', OUT_RAW, 'event_id', OUT_ID)
+  else
+    redis.call('XADD', H.fs, '*', 'firings', '[' .. table.concat(OUT, ',') .. ']')
+  end
+  OUT = {}
+end
+
+-- Firings that follow go to the entry of this triggering event (a new one unless the
+-- current entry is that event's).
+local function out_entry(evid, evraw)
+  local group = evid or ''
+  if group ~= OUT_ID or #OUT == 0 then
+    flush_outbox()
+    OUT_ID = group
+    OUT_RAW = evraw
+  end
+end
+
+-- The outbox: the firing goes to the firings stream; its prefect.automation.triggered/resolved
+-- event (reference 3.13) and `last_fired` (for `ls`) are written from that entry by the
+-- engines' announcer (automations/announce.py), with the event id chosen here. A Triggered
+-- top-level proactive firing arms its key's Resolved counter (DESIGN.md section 5).
 local function publish(sp, lb, evraw, evid, tf, ff, state, u)
   state = state or 'Triggered'
-  local eid = newid()
-  local fj = firing_json(ff, lb, evraw, tf, eid, state)
-  local name = 'prefect.automation.triggered'
-  if state == 'Resolved' then
-    name = 'prefect.automation.resolved'
-  elseif u and u ~= '' then
+  if state ~= 'Resolved' and u and u ~= '' then
     redis.call('SET', u, sp.th, 'EX', H.uttl)
   end
-  local rel = '[]'
-  if evid then
-    rel = '[{"prefect.resource.id":"prefect.event.' .. evid
-      .. '","prefect.resource.role":"triggering-event"}]'
-  end
-  local ej = '{"id":"' .. eid .. '","occurred":"' .. ISO
-    .. '","event":"' .. name .. '","resource":' .. sp.er .. ',"related":' .. rel
-    .. ',"payload":{"triggering_labels":' .. lb .. ',"triggering_event":' .. (evraw or 'null')
-    .. '},"follows":null}'
-  -- no MAXLEN here: the consumers trim both streams, never past a pending entry
-  redis.call('XADD', H.fs, '*', 'data', fj)
-  redis.call('XADD', H.es, '*', 'data', ej, 'id', eid)
-  if not LAST_FIRED[sp.a] then  -- written once per automation at the flush
-    LAST_FIRED[sp.a] = true
-    LAST_FIRED[#LAST_FIRED + 1] = sp.a
-  end
+  out_entry(evid, evraw)
+  OUT[#OUT + 1] = firing_json(ff, lb, false, tf, newid(), state)
   FIRED = FIRED + 1
 end
 
@@ -299,19 +318,12 @@ local function flush_composite(st)
   if st.c.w >= 0 then redis.call('PEXPIRE', hk, math.floor(st.c.w / 1000) + 60000) end
 end
 
--- Writes back every bucket and composite hash the call changed, and last_fired.
+-- Writes the outbox entry in hand and every bucket and composite hash the call changed.
 local function flush()
+  flush_outbox()
   for _, hk in ipairs(COMPOSITE_ORDER) do
     local st = COMPOSITES[hk]
     if st.dirty then flush_composite(st) end
-  end
-  for j = 1, #LAST_FIRED, 500 do
-    local args = {'HSET', H.lf}
-    for k = j, math.min(j + 499, #LAST_FIRED) do
-      args[#args + 1] = LAST_FIRED[k]
-      args[#args + 1] = ISO
-    end
-    redis.call(unpack(args))
   end
   for _, key in ipairs(TOUCHED) do
     local b = CACHE[key]
@@ -331,9 +343,9 @@ end
 local function fire(sp, b, evraw, evid)
   local chain = sp.ch
   if #chain == 0 then
-    return publish(sp, b.lb, evraw, evid, '[]', sp.ff, 'Triggered', b.u)
+    return publish(sp, b.lb, evraw, evid, '[]', frag(sp.a, sp.t), 'Triggered', b.u)
   end
-  local child = {id = sp.t, lb = b.lb, fj = firing_json(sp.ff, b.lb, evraw, '[]', nil)}
+  local child = {id = sp.t, lb = b.lb, fj = firing_json(frag(sp.a, sp.t), b.lb, evraw, '[]', nil)}
   for i = 1, #chain do
     local c = chain[i]
     local items
@@ -348,9 +360,9 @@ local function fire(sp, b, evraw, evid)
     local tf = '[' .. table.concat(fjs, ',') .. ']'
     local labels = merge_labels(items)
     if i == #chain then
-      return publish(sp, labels, evraw, evid, tf, c.ff)
+      return publish(sp, labels, evraw, evid, tf, frag(sp.a, c.t))
     end
-    child = {id = c.t, lb = labels, fj = firing_json(c.ff, labels, evraw, tf, nil)}
+    child = {id = c.t, lb = labels, fj = firing_json(frag(sp.a, c.t), labels, evraw, tf, nil)}
   end
 end
 
