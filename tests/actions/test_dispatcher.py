@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from uuid import uuid4
 
+import orjson
 import redis.asyncio as aioredis
 
 from actions.dispatcher import Dispatcher
@@ -211,3 +213,28 @@ async def test_slow_target_times_out_and_does_not_block_other_firings(
     assert failed[0]["payload"]["reason"] == "timeout"
     assert failed[0]["payload"]["will_retry"] is True
     assert await dispatcher.retries.pending() == 1
+
+
+async def test_an_engine_entry_runs_each_of_its_firings(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
+    http_sink: HttpSink,
+) -> None:
+    """The engine's outbox entry holds the event once and several firings: each runs with that
+    event; one that cannot run is dead-lettered alone, as a replayable ``data`` firing."""
+    [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/a")), name="a"))
+    deleted = automation(DoNothing(), name="deleted")  # never stored
+    e = disk_event()
+    now = datetime.now(UTC).isoformat()
+    compact = [{"id": str(uuid4()), "automation_id": str(x.id), "trigger_id": str(x.trigger.id),
+                "triggered": now} for x in (a, deleted)]
+    await redis.xadd(keys.firings, {b"firings": orjson.dumps(compact), b"event": e.to_json(),
+                                    b"event_id": str(e.id).encode()})
+    await dispatcher.drain()
+    [request] = http_sink.requests
+    assert request.path == "/a"
+    [dead] = await dead_letters(redis, keys)
+    assert dead["reason"].startswith(f"automation {deleted.id} does not exist")
+    replay = Firing.from_json(dead["data"])
+    assert replay.automation_id == deleted.id
+    assert replay.triggering_event is not None and replay.triggering_event["id"] == str(e.id)
+    assert dispatcher.counts["executed"] == 1
