@@ -85,7 +85,8 @@ async def test_an_unacknowledged_batch_is_announced_by_the_next_reader(h: Harnes
     [announced] = await triggered_events(h)
     # the automation is unknown to this announcer: the resource names it by id only
     [firing] = await h.firings()
-    assert announced.resource == {"prefect.resource.id": f"prefect.automation.{firing.automation_id}"}
+    by_id = {"prefect.resource.id": f"prefect.automation.{firing.automation_id}"}
+    assert announced.resource == by_id
     assert (await h.redis.xpending(h.keys.firings, ANNOUNCE_GROUP))["pending"] == 0
 
 
