@@ -13,7 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from actions.models import CallWebhook
-from automations.keys import DISPATCH_GROUP, ENGINE_GROUP, Keys
+from automations.keys import ANNOUNCE_GROUP, DISPATCH_GROUP, ENGINE_GROUP, Keys
 from automations.models import Automation
 from bench.harness import (
     CACHE_DIR,
@@ -88,6 +88,38 @@ def firing_dicts(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
     return items
 
 
+class FiringCounter:
+    """Counts the firings in an outbox as it grows (an engine entry lists all those of one
+    event), reading each entry once."""
+
+    def __init__(self, redis: aioredis.Redis, stream: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.count = 0
+        self._start = "-"
+
+    async def update(self) -> int:
+        while True:
+            entries = await xrange_after(self.redis, self.stream, self._start)
+            if not entries:
+                return self.count
+            for _, fields in entries:
+                many = fields.get(b"firings")
+                self.count += len(orjson.loads(many)) if many is not None else 1
+            self._start = "(" + entries[-1][0].decode()
+
+
+async def count_firings(redis: aioredis.Redis, stream: str) -> int:
+    """How many firings the outbox holds."""
+    return await FiringCounter(redis, stream).update()
+
+
+async def all_announced(redis: aioredis.Redis, stream: str) -> bool:
+    """Whether the engines' announcer has published the events of every outbox entry."""
+    _, outstanding = await group_progress(redis, stream, ANNOUNCE_GROUP)
+    return outstanding == 0
+
+
 def per_automation(firings: list[dict[str, Any]]) -> Counter[str]:
     return Counter(str(f["automation_id"]) for f in firings)
 
@@ -119,9 +151,9 @@ async def drain_backlog(
     bench: Bench, prefix: str, engines: list[ServiceProcess], encoded: list[tuple[bytes, bytes]],
     *, limit: float,
 ) -> Drain:
-    """Queue ``encoded`` events, release the engines, and time until all are acknowledged (or
-    ``limit`` seconds). Anything the engines append to the events stream themselves comes
-    after the backlog, so only the backlog is counted."""
+    """Queue ``encoded`` events, release the engines, and time until all are acknowledged and
+    every firing they caused is announced (or ``limit`` seconds). Anything the engines append
+    to the events stream themselves comes after the backlog, so only the backlog is counted."""
     keys = Keys(prefix)
     await push(bench.redis, keys.events, encoded)
     total = len(encoded)
@@ -142,7 +174,10 @@ async def drain_backlog(
         now = time.perf_counter()
         if acked != last:
             last, last_change = acked, now
-        if acked >= total or now - start >= limit:
+        if acked >= total and await all_announced(bench.redis, keys.firings):
+            last_change = time.perf_counter()
+            break
+        if now - start >= limit:
             break
         await asyncio.sleep(0.02)
     wall = max(now - start, 1e-9)

@@ -16,7 +16,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from automations.models import Automation
-from bench.drive import per_automation, read_firings, start_engines
+from bench.drive import (
+    FiringCounter,
+    all_announced,
+    per_automation,
+    read_firings,
+    start_engines,
+)
 from bench.harness import Bench, Row
 from bench.prefect import PREFECT_VERSION, PrefectClient, PrefectServer, install, to_prefect
 from bench.procs import stop_all
@@ -34,20 +40,24 @@ def _compare(expected: dict[int, int], seen: dict[int, int]) -> tuple[int, int]:
 async def ours(
     bench: Bench, automations: list[Automation], events: list[dict[str, Any]], expected: int
 ) -> tuple[float, dict[str, int]]:
-    """Seconds from the first XADD until ``expected`` firings are in the outbox; counts."""
+    """Seconds from the first XADD until ``expected`` firings are in the outbox and their
+    ``prefect.automation.triggered`` events announced (what Prefect's clock waits for);
+    counts."""
     prefix = bench.new_prefix("peer")
     engines = await start_engines(bench, prefix, automations)
     stream = f"{prefix}:firings"
+    counter = FiringCounter(bench.redis, stream)
     try:
         engines[0].go()
         start = time.perf_counter()
         await push(bench.redis, f"{prefix}:events", encode(events))
         last, last_change = -1, start
         while time.perf_counter() - last_change < 10:
-            count = int(await bench.redis.xlen(stream))
+            count = await counter.update()
             if count != last:
                 last, last_change = count, time.perf_counter()
-            if count >= expected:
+            if count >= expected and await all_announced(bench.redis, stream):
+                last_change = time.perf_counter()
                 break
             await asyncio.sleep(0.005)
         seconds = last_change - start

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from actions.models import DoNothing
 from automations.keys import Keys
 from automations.models import Automation
-from bench.drive import firing_dicts, start_engines
+from bench.drive import count_firings, firing_dicts, start_engines
 from bench.harness import Bench, Row, latency_figures, xread_after
 from bench.procs import stop_all
 from bench.workload import encode, event_dict, push
@@ -98,7 +98,7 @@ async def run(bench: Bench) -> list[Row]:
         await send_opens(bench, keys.events, count, spread, back)
         lateness, seen, labels = await watcher
         await asyncio.sleep(0.5)  # a repeat firing would land now
-        total = int(await bench.redis.xlen(keys.firings))
+        total = await count_firings(bench.redis, keys.firings)
     finally:
         await stop_all(engines)
         await watcher_redis.aclose()

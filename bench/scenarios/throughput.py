@@ -9,7 +9,7 @@ event at 10,000 automations with that at 10.
 
 from __future__ import annotations
 
-from bench.drive import drain_backlog, start_engines
+from bench.drive import count_firings, drain_backlog, start_engines
 from bench.harness import Bench, Row, reset_slowlog, slowest_ms
 from bench.procs import stop_all
 from bench.scenarios.ceiling import ceiling_rate
@@ -34,7 +34,7 @@ async def measure(
         drain = await drain_backlog(bench, prefix, engines, encode(events), limit=limit)
     finally:
         await stop_all(engines)
-    firings = int(await bench.redis.xlen(f"{prefix}:firings"))
+    firings = await count_firings(bench.redis, f"{prefix}:firings")
     await bench.cleanup(prefix)
     interest = plan.interested_per_event(active or size)
     handled, seconds = drain.handled, drain.seconds
