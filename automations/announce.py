@@ -7,8 +7,10 @@ their own consumer group (``announce``) and append those events to the events st
 copy of the ~1 KB triggering event out of the script that every engine waits on: the outbox
 stores the event once per entry, the announcer's pipelined XADDs run beside evaluation.
 
-Exactly once: one script per batch appends its events, records ``last_fired`` and acks the
-batch, so a crash announces a batch wholly or not at all (it is then redelivered). One
+Once: one script per batch appends its events, records ``last_fired`` and acks the batch, so a
+crash announces a batch wholly or not at all (it is then redelivered). Only an entry taken
+over from a live but stalled announcer (idle past ``claim_idle_ms``) can be announced twice,
+with the same event ids, which the engine's dedupe skips. One
 script call rather than a pipeline of XADDs: redis-py's per-command packing cost the engine
 process more than the evaluation itself. Firings written by hand as ``data`` entries (tests,
 tools) are dispatched but not announced: they did not come from an engine.

@@ -69,7 +69,9 @@ class Settings(BaseSettings):
         1_000_000, ge=1000, description="Approximate MAXLEN of the events stream."
     )
     firings_maxlen: int = Field(
-        1_000_000, ge=1000, description="Approximate MAXLEN of the firings stream."
+        1_000_000, ge=1000,
+        description="Approximate MAXLEN of the firings stream (entries; an engine entry holds "
+        "the firings of one event).",
     )
     trim_interval_s: float = Field(
         10.0, gt=0, description="How often consumers trim acknowledged entries."

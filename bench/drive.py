@@ -25,7 +25,7 @@ from bench.harness import (
 )
 from bench.procs import ServiceProcess
 from bench.workload import automations_json, ensure_group, push
-from triggers.firing import outbox_parts
+from triggers.firing import outbox_parts, with_event
 from triggers.models import EventTrigger
 
 
@@ -84,7 +84,7 @@ def firing_dicts(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
     if event_raw is not None:
         event = orjson.loads(event_raw)
         for item in items:
-            item["triggering_event"] = event
+            with_event(item, event)
     return items
 
 

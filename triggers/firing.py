@@ -6,7 +6,9 @@ the dispatcher reads them. A firings-stream entry is either
 - **the engine's form**: ``firings`` = a JSON list of firings without their
   ``triggering_event``, ``event`` = that event's JSON and ``event_id`` its id (both absent
   when the firings have no event). Firings caused by one event share one entry, so the ~1 KB
-  event is stored once, not once per automation it fires; or
+  event is stored once, not once per automation it fires. A composite firing's direct
+  ``triggering_firings`` caused by that same event leave out their ``triggering_event`` too
+  (those from earlier events carry theirs); or
 - **one firing**: ``data`` = ``Firing.to_json()`` (what tools and tests write by hand).
 
 ``firings_of`` reads both.
@@ -103,5 +105,15 @@ def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
         except orjson.JSONDecodeError as exc:
             raise OutboxEntryError(f"invalid firing: 'event' is not JSON: {exc}") from None
         for item in items:
-            item["triggering_event"] = event
+            with_event(item, event)
     return [Firing.model_validate(item) for item in items]
+
+
+def with_event(firing: dict[str, Any], event: Any) -> dict[str, Any]:
+    """Fill in the entry's event where the engine's short form leaves it out: the firing's own
+    and that of its direct child firings without one."""
+    firing["triggering_event"] = event
+    for child in firing.get("triggering_firings") or ():
+        if isinstance(child, dict) and "triggering_event" not in child:
+            child["triggering_event"] = event
+    return firing

@@ -1,10 +1,14 @@
 """Window state in Redis: typed wrappers around the Lua scripts in ``triggers/lua``.
 
 Every read-modify-write of a bucket happens inside one script call, and the script that
-makes a trigger fire also XADDs the ``Firing`` (firings stream, the outbox), XADDs the
-``prefect.automation.triggered`` event and records ``last_fired``: a crash can neither lose
-a firing nor produce it twice. ``apply`` runs an engine batch in one call (dedupe, ``follows``
-holding, every bucket update; the engine splits batches over ``OPS_PER_CALL`` operations);
+makes a trigger fire also XADDs the ``Firing`` (firings stream, the outbox; the firings of
+one triggering event share an entry that holds the event once, see ``triggers.firing``): a
+crash can neither lose a firing nor produce it twice. Its ``prefect.automation.triggered``
+event and ``last_fired`` are written from the outbox by ``automations.announce``. The
+firings of triggers that keep no state (immediate and top level) are written by the engine
+(``WindowBatch.add_ready``) and only appended by the script if the event is new. ``apply``
+runs an engine batch in one call (dedupe, ``follows`` holding, every bucket update; the
+engine splits batches over ``OPS_PER_CALL`` operations);
 ``tick`` is the proactive timer and expiry sweep. Inside a call, buckets and composite
 hashes go through a write-back cache (read once, written once per call); immediate triggers
 (reactive, within 0, threshold 1, no after) keep no bucket at all.

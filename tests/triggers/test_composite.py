@@ -12,6 +12,8 @@ from automations.keys import Keys
 from automations.settings import Settings
 from tests.automations.engine_harness import Clock, Harness, automation, event
 from triggers.composite import window_specs
+from triggers.firing import Firing
+from triggers.window import micros
 
 A, B, C = "event.a", "event.b", "event.c"
 
@@ -41,7 +43,8 @@ async def test_any_fires_on_each_child(h: Harness) -> None:
 async def test_all_needs_every_child_and_resets(h: Harness, redis: aioredis.Redis) -> None:
     a = automation(compound("all", A, B, C))
     await h.load(a)
-    assert await h.send(event(A, 0), event(A, 1), event(B, 2)) == []
+    b = event(B, 2)
+    assert await h.send(event(A, 0), event(A, 1), b) == []
     c = event(C, 3)
     [firing] = await h.send(c)
     assert [str(f.trigger_id) for f in firing.triggering_firings] == [
@@ -52,6 +55,9 @@ async def test_all_needs_every_child_and_resets(h: Harness, redis: aioredis.Redi
     # only the latest firing per child was kept: A's second one
     first = firing.triggering_firings[0].triggering_event
     assert first is not None and first["occurred"].startswith("2026-01-01T12:00:01")
+    # each child keeps its own event (C's, the parent's own, is stored once in the entry)
+    assert [f.triggering_event and f.triggering_event["id"]
+            for f in firing.triggering_firings[1:]] == [str(e.id) for e in (b, c)]
     assert not await redis.exists(h.keys.composite(str(a.id), str(a.trigger.id)))
     assert await h.send(event(C, 4)) == []
 
@@ -125,10 +131,14 @@ async def test_nested_composite(h: Harness) -> None:
             }
         )
     )
-    assert await h.send(event(A, 0), event(B, 1)) == []
-    [firing] = await h.send(event(C, 2))
+    a, b, c = event(A, 0), event(B, 1), event(C, 2)
+    assert await h.send(a, b) == []
+    [firing] = await h.send(c)
     assert len(firing.triggering_firings) == 2
-    assert len(firing.triggering_firings[0].triggering_firings) == 2
+    inner, last = firing.triggering_firings
+    assert [f.triggering_event and f.triggering_event["id"]
+            for f in inner.triggering_firings] == [str(a.id), str(b.id)]
+    assert last.triggering_event is not None and last.triggering_event["id"] == str(c.id)
 
 
 async def test_proactive_child(h: Harness, clock: Clock) -> None:
@@ -204,3 +214,23 @@ async def test_waiting_children_are_kept_with_an_expiry(
     assert 0 < await redis.pttl(key) <= 120_000
     assert len(await h.send(event(B, 2))) == 1
     assert not await redis.exists(key)
+
+
+async def test_child_firings_stored_whole_by_earlier_versions_still_count(
+    h: Harness, redis: aioredis.Redis, clock: Clock
+) -> None:
+    """Composite hashes written before child firings were stored apart from their event
+    ("<fired us> <#labels> <labels><firing JSON with its event>") are read as they are."""
+    a = automation(compound("all", A, B))
+    await h.load(a)
+    first_child = a.trigger.triggers[0]  # type: ignore[union-attr]
+    earlier = event(A, 0)
+    stored = Firing(automation_id=a.id, trigger_id=first_child.id, triggered=clock.now,
+                    triggering_event=earlier.to_dict())
+    value = f"{micros(clock.now)} 2 {{}}".encode() + stored.to_json()
+    await redis.hset(h.keys.composite(str(a.id), str(a.trigger.id)), str(first_child.id), value)
+    b = event(B, 1)
+    [firing] = await h.send(b)
+    assert [f.triggering_event and f.triggering_event["id"]
+            for f in firing.triggering_firings] == [str(earlier.id), str(b.id)]
+    assert firing.triggering_firings[0].id == stored.id

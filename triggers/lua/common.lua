@@ -18,7 +18,16 @@ local SEQ = 0
 local FIRED = 0
 local ASOF = NOW  -- the events clock "as of" time; apply.lua moves it per event
 
-local function fmt(n) return string.format('%.0f', n) end
+-- Memoized for the call: the buckets an event opens share their start, end and deadline.
+local FMT = {}
+local function fmt(n)
+  local s = FMT[n]
+  if not s then
+    s = string.format('%.0f', n)
+    FMT[n] = s
+  end
+  return s
+end
 
 -- A fresh UUID per call: the batch's uuid7 base plus a counter in the last 8 hex digits.
 local function newid()
@@ -242,12 +251,22 @@ local function merge_labels(items)
   return cjson.encode(merged)
 end
 
+-- A child firing: `fj` is its JSON without `triggering_event`, `eid`/`raw` that event's id
+-- and JSON (nil: none). `child_json` gives the JSON with the event; the parent's firing in the
+-- outbox may list a child in the short form when the child's event is the entry's event
+-- (triggers/firing.py fills it in), so the ~1 KB event is not copied into every child.
+local function child_json(it)
+  if it.whole then return it.fj end  -- stored by an earlier version, event included
+  return string.sub(it.fj, 1, -2) .. ',"triggering_event":' .. (it.raw or 'null') .. '}'
+end
+
 -- One composite level (reference 3.11, point 8): keep the latest firing per child in a hash,
 -- drop the ones older than within (wall clock), check readiness and clear, all inside this
--- script. Stored value: "<fired us> <#labels> <labels><firing json>". Returns the children
--- in declared order when the parent fires, else nil. The hash is read once per script call
--- and written back by flush() (children that fire together, the usual case of `all` on one
--- event, never touch Redis beyond that one read).
+-- script. Stored value: "<fired us> <#labels> <#event id> <#json> <labels><event id><json>
+-- <event JSON>" (a child item above). Returns the children in declared order when the parent
+-- fires, else nil. The hash is read once per script call and written back by flush()
+-- (children that fire together, the usual case of `all` on one event, never touch Redis
+-- beyond that one read).
 local function composite_state(c)
   local st = COMPOSITES[c.k]
   if st then return st end
@@ -255,10 +274,27 @@ local function composite_state(c)
   local all = redis.call('HGETALL', c.k)
   for j = 1, #all, 2 do
     local v = all[j + 1]
-    local t, n, rest = string.match(v, '^(%d+) (%d+) ()')
-    n = tonumber(n)
-    st.items[all[j]] = {id = all[j], t = tonumber(t), lb = string.sub(v, rest, rest + n - 1),
-                        fj = string.sub(v, rest + n)}
+    local it = {id = all[j]}
+    local t, nl, ni, nj, at = string.match(v, '^(%d+) (%d+) (%d+) (%d+) ()')
+    if t then
+      nl, ni, nj = tonumber(nl), tonumber(ni), tonumber(nj)
+      it.lb = string.sub(v, at, at + nl - 1)
+      at = at + nl
+      if ni > 0 then it.eid = string.sub(v, at, at + ni - 1) end
+      at = at + ni
+      it.fj = string.sub(v, at, at + nj - 1)
+      local raw = string.sub(v, at + nj)
+      if raw ~= '' then it.raw = raw end
+    else  -- "<fired us> <#labels> <labels><firing json with its event>"
+      local n, rest
+      t, n, rest = string.match(v, '^(%d+) (%d+) ()')
+      n = tonumber(n)
+      it.lb = string.sub(v, rest, rest + n - 1)
+      it.fj = string.sub(v, rest + n)
+      it.whole = true
+    end
+    it.t = tonumber(t)
+    st.items[all[j]] = it
     st.loaded[all[j]] = true
     st.stored = true
   end
@@ -267,7 +303,7 @@ local function composite_state(c)
   return st
 end
 
-local function composite_step(c, child_t, child_lb, child_json)
+local function composite_step(c, child)
   local st = composite_state(c)
   local kept = st.items
   if c.w >= 0 then
@@ -275,7 +311,9 @@ local function composite_step(c, child_t, child_lb, child_json)
       if it.t < NOW - c.w then kept[id] = nil end
     end
   end
-  kept[child_t] = {id = child_t, t = NOW, lb = child_lb, fj = child_json, new = true}
+  child.t = NOW
+  child.new = true
+  kept[child.id] = child
   st.dirty = true
   local items = {}
   for _, id in ipairs(c.o) do
@@ -311,7 +349,9 @@ local function flush_composite(st)
     local it = st.items[id]
     if it and it.new then
       args[#args + 1] = id
-      args[#args + 1] = fmt(it.t) .. ' ' .. #it.lb .. ' ' .. it.lb .. it.fj
+      local eid = it.eid or ''
+      args[#args + 1] = fmt(it.t) .. ' ' .. #it.lb .. ' ' .. #eid .. ' ' .. #it.fj .. ' '
+        .. it.lb .. eid .. it.fj .. (it.raw or '')
     end
   end
   if #args > 2 then redis.call(unpack(args)) end
@@ -345,24 +385,34 @@ local function fire(sp, b, evraw, evid)
   if #chain == 0 then
     return publish(sp, b.lb, evraw, evid, '[]', frag(sp.a, sp.t), 'Triggered', b.u)
   end
-  local child = {id = sp.t, lb = b.lb, fj = firing_json(frag(sp.a, sp.t), b.lb, evraw, '[]', nil)}
+  local child = {id = sp.t, lb = b.lb, fj = firing_json(frag(sp.a, sp.t), b.lb, false, '[]', nil),
+                 eid = evid, raw = evraw}
   for i = 1, #chain do
     local c = chain[i]
     local items
     if c.n <= 1 then
       items = {child}
     else
-      items = composite_step(c, child.id, child.lb, child.fj)
+      items = composite_step(c, child)
       if not items then return end
     end
+    local last = i == #chain
     local fjs = {}
-    for k, it in ipairs(items) do fjs[k] = it.fj end
+    for k, it in ipairs(items) do
+      -- the root firing's children whose event is its entry's event: the short form
+      if last and evid and it.eid == evid and not it.whole then
+        fjs[k] = it.fj
+      else
+        fjs[k] = child_json(it)
+      end
+    end
     local tf = '[' .. table.concat(fjs, ',') .. ']'
     local labels = merge_labels(items)
-    if i == #chain then
+    if last then
       return publish(sp, labels, evraw, evid, tf, frag(sp.a, c.t))
     end
-    child = {id = c.t, lb = labels, fj = firing_json(frag(sp.a, c.t), labels, evraw, tf, nil)}
+    child = {id = c.t, lb = labels, fj = firing_json(frag(sp.a, c.t), labels, false, tf, nil),
+             eid = evid, raw = evraw}
   end
 end
 
