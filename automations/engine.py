@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 10_000  # apply calls per batch (each released follower chain costs one)
 OPS_PER_CALL = 2_000  # bucket operations per script call (~75 ms of Redis at the bench mix)
-DECODE_CHUNK = 100  # stream entries decoded at a time (while the previous call runs)
+DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous call runs)
+YIELD_EVERY = 10  # events matched between yields to the event loop while a call is in flight
 
 
 class Engine:
@@ -258,10 +259,10 @@ class Engine:
             # The next call's events are decoded and matched while Redis runs this one (the
             # usual case: nothing released, so the next call starts where this one ends).
             applying = asyncio.ensure_future(self._window.apply(batch, now))
-            await asyncio.sleep(0)  # let the call go out before the CPU-bound work
+            await asyncio.sleep(0)  # the call starts going out
             rest = pending[len(batch):]
-            try:
-                upcoming = self._match(rest, now, source)  # may extend `rest` from `source`
+            try:  # may extend `rest` from `source`
+                upcoming = await self._match_beside(rest, now, source)
             finally:
                 result = await applying
             self.fired += result.fired
@@ -283,6 +284,33 @@ class Engine:
         """One operation per (event, covering trigger), in event order, for a prefix of
         ``incoming`` (at most about ``OPS_PER_CALL`` operations; empty when there is no event).
         When ``incoming`` runs out first, ``source`` decodes more into it."""
+        steps = self._matching(incoming, now, source)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                batch: WindowBatch = done.value
+                return batch
+
+    async def _match_beside(
+        self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
+    ) -> WindowBatch:
+        """``_match`` while a script call is in flight: it yields to the event loop every few
+        events, so the call's request (hundreds of KB) reaches Redis as the socket drains
+        rather than after the matching (Redis would wait for it, idle)."""
+        steps = self._matching(incoming, now, source)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                batch: WindowBatch = done.value
+                return batch
+            await asyncio.sleep(0)
+
+    def _matching(
+        self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
+    ) -> Generator[None, None, WindowBatch]:
+        """``_match``'s work, pausing every ``YIELD_EVERY`` events."""
         batch = WindowBatch(self.keys, iso=now.isoformat())
         at = 0
         while batch.op_count < OPS_PER_CALL:
@@ -297,6 +325,8 @@ class Engine:
             )
             if counts and item.event is not None:
                 self._ops(batch, number, item.event)
+            if at % YIELD_EVERY == 0:
+                yield
         return batch
 
     def _ops(self, batch: WindowBatch, number: int, event: Event) -> None:
