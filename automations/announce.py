@@ -3,17 +3,17 @@
 The engine's script writes each firing to the outbox (the firings stream) atomically with the
 window change, with the id of its event already chosen; engines then read the outbox with
 their own consumer group (``announce``) and append those events to the events stream
-(reference 3.13 shape). Doing it here rather than inside the script keeps the per-firing
-copy of the ~1 KB triggering event out of the script that every engine waits on: the outbox
-stores the event once per entry, the announcer's pipelined XADDs run beside evaluation.
+(reference 3.13 shape). Doing it here rather than inside the evaluation script keeps the
+per-firing copy of the ~1 KB triggering event out of the script every engine waits on: the
+outbox stores the event once per entry, and the announcer runs beside evaluation.
 
 Once: one script per batch appends its events, records ``last_fired`` and acks the batch, so a
 crash announces a batch wholly or not at all (it is then redelivered). Only an entry taken
 over from a live but stalled announcer (idle past ``claim_idle_ms``) can be announced twice,
-with the same event ids, which the engine's dedupe skips. One
-script call rather than a pipeline of XADDs: redis-py's per-command packing cost the engine
-process more than the evaluation itself. Firings written by hand as ``data`` entries (tests,
-tools) are dispatched but not announced: they did not come from an engine.
+with the same event ids, which the engine's dedupe skips. A script rather than a pipeline of
+XADDs: redis-py's per-command packing cost the engine process more than the evaluation
+itself. Firings written by hand as ``data`` entries (tests, tools) are dispatched but not
+announced: they did not come from an engine.
 """
 
 from __future__ import annotations
@@ -41,14 +41,12 @@ for _ = 1, ne do
   redis.call('XADD', ARGV[1], '*', 'data', ARGV[at + 1], 'id', ARGV[at])
   at = at + 2
 end
-if nl > 0 then
-  local args = {'HSET', ARGV[2]}
-  for i = at, at + 2 * nl - 1 do args[#args + 1] = ARGV[i] end
-  redis.call(unpack(args))
-  at = at + 2 * nl
+local last = at + 2 * nl - 1
+for j = at, last, 1000 do  -- (unpack has a limit: 500 pairs, 1,000 ids a call)
+  redis.call('HSET', ARGV[2], unpack(ARGV, j, math.min(j + 999, last)))
 end
-if at <= #ARGV then
-  redis.call('XACK', ARGV[3], ARGV[4], unpack(ARGV, at))
+for j = last + 1, #ARGV, 1000 do
+  redis.call('XACK', ARGV[3], ARGV[4], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
 return ne
 """
@@ -61,8 +59,8 @@ def related_of(event_id: bytes | None) -> bytes:
     """The ``related`` list of an announcement: the triggering event, when there is one."""
     if not event_id:
         return b"[]"
-    return b"".join((b'[{"prefect.resource.id":"prefect.event.', event_id,
-                     b'","prefect.resource.role":"triggering-event"}]'))
+    return orjson.dumps([{"prefect.resource.id": f"prefect.event.{event_id.decode()}",
+                          "prefect.resource.role": "triggering-event"}])
 
 
 def announcement(
@@ -79,16 +77,15 @@ def announcement(
     if resource is None:
         resource = orjson.dumps(
             {"prefect.resource.id": f"prefect.automation.{firing.get('automation_id')}"})
-    eid = event_id.encode()
     data = b"".join((
-        b'{"id":"', eid, b'","occurred":', orjson.dumps(firing.get("triggered")),
+        b'{"id":', orjson.dumps(event_id), b',"occurred":', orjson.dumps(firing.get("triggered")),
         b',"event":"', name, b'","resource":', resource,
         b',"related":', related,
         b',"payload":{"triggering_labels":', orjson.dumps(firing.get("triggering_labels") or {}),
         b',"triggering_event":', event_raw if event_raw is not None else b"null",
         b'},"follows":null}',
     ))
-    return eid, data
+    return event_id.encode(), data
 
 
 class Announcer:

@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 10_000  # apply calls per batch (each released follower chain costs one)
-OPS_PER_CALL = 2_000  # bucket operations per script call (~75 ms of Redis at the bench mix)
+OPS_PER_CALL = 2_000  # bucket operations per script call (~30-40 ms of Redis at the bench mix)
 DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous call runs)
 YIELD_EVERY = 10  # events matched between yields to the event loop while a call is in flight
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from uuid import uuid4
 
 import orjson
 
@@ -114,3 +115,22 @@ def test_firings_of_reads_both_entry_forms() -> None:
     assert [f.triggering_event for f in many] == [{"id": "e2"}, {"id": "e2"}]
     none = firings_of({b"firings": orjson.dumps([ids])})
     assert none[0].triggering_event is None
+
+
+async def test_a_large_batch_is_announced_and_acknowledged_whole(h: Harness) -> None:
+    """More entries and automations in one batch than one Lua unpack takes (1,000 values)."""
+    now = datetime.now(UTC).isoformat()
+    async with h.redis.pipeline(transaction=False) as pipe:
+        for _ in range(1_500):
+            firing = {"id": str(uuid4()), "automation_id": str(uuid4()),
+                      "trigger_id": str(uuid4()), "triggered": now,
+                      "automation_triggered_event_id": str(uuid4())}
+            pipe.xadd(h.keys.firings, {b"firings": orjson.dumps([firing])})
+        await pipe.execute()
+    announcer = Announcer(h.redis, h.settings.model_copy(update={"batch_size": 2_000}),
+                          keys=h.keys, resource_of=lambda _: None, consumer="big")
+    assert await announcer.run_until_idle() == 1_500
+    assert announcer.announced == 1_500
+    assert len(await triggered_events(h)) == 1_500
+    assert await h.redis.hlen(h.keys.last_fired) == 1_500
+    assert (await h.redis.xpending(h.keys.firings, ANNOUNCE_GROUP))["pending"] == 0
