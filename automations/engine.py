@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -284,13 +284,7 @@ class Engine:
         """One operation per (event, covering trigger), in event order, for a prefix of
         ``incoming`` (at most about ``OPS_PER_CALL`` operations; empty when there is no event).
         When ``incoming`` runs out first, ``source`` decodes more into it."""
-        steps = self._matching(incoming, now, source)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                batch: WindowBatch = done.value
-                return batch
+        return next(b for b in self._matching(incoming, now, source) if b is not None)
 
     async def _match_beside(
         self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
@@ -298,19 +292,16 @@ class Engine:
         """``_match`` while a script call is in flight: it yields to the event loop every few
         events, so the call's request (hundreds of KB) reaches Redis as the socket drains
         rather than after the matching (Redis would wait for it, idle)."""
-        steps = self._matching(incoming, now, source)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                batch: WindowBatch = done.value
+        for batch in self._matching(incoming, now, source):
+            if batch is not None:
                 return batch
             await asyncio.sleep(0)
+        raise AssertionError("_matching ends with its batch")
 
     def _matching(
         self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
-    ) -> Generator[None, None, WindowBatch]:
-        """``_match``'s work, pausing every ``YIELD_EVERY`` events."""
+    ) -> Iterator[WindowBatch | None]:
+        """``_match``'s work: ``None`` every ``YIELD_EVERY`` events (a pause), then the batch."""
         batch = WindowBatch(self.keys, iso=now.isoformat())
         at = 0
         while batch.op_count < OPS_PER_CALL:
@@ -326,8 +317,8 @@ class Engine:
             if counts and item.event is not None:
                 self._ops(batch, number, item.event)
             if at % YIELD_EVERY == 0:
-                yield
-        return batch
+                yield None
+        yield batch
 
     def _ops(self, batch: WindowBatch, number: int, event: Event) -> None:
         """The event's operations: name-level work comes precomputed from the planner, only

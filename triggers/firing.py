@@ -74,23 +74,24 @@ def outbox_parts(fields: Mapping[bytes, bytes]) -> tuple[list[dict[str, Any]], b
     event (``None`` for a ``data`` entry, whose firing carries its own)."""
     raw = fields.get(b"firings")
     if raw is not None:
-        try:
-            items = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise OutboxEntryError(f"invalid firing: 'firings' is not JSON: {exc}") from None
+        items = _json(raw, "firings")
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise OutboxEntryError("invalid firing: 'firings' is not a JSON list of objects")
         return items, fields.get(b"event")
     data = fields.get(b"data")
     if data is None:
         raise OutboxEntryError("firing entry has no 'firings' or 'data' field")
-    try:
-        item = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise OutboxEntryError(f"invalid firing: 'data' is not JSON: {exc}") from None
+    item = _json(data, "data")
     if not isinstance(item, dict):
         raise OutboxEntryError("invalid firing: 'data' is not a JSON object")
     return [item], None
+
+
+def _json(raw: bytes, name: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OutboxEntryError(f"invalid firing: {name!r} is not JSON: {exc}") from None
 
 
 def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
@@ -100,10 +101,7 @@ def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
     for a firing that does not validate."""
     items, event_raw = outbox_parts(fields)
     if event_raw is not None:
-        try:
-            event = orjson.loads(event_raw)
-        except orjson.JSONDecodeError as exc:
-            raise OutboxEntryError(f"invalid firing: 'event' is not JSON: {exc}") from None
+        event = _json(event_raw, "event")
         for item in items:
             with_event(item, event)
     return [Firing.model_validate(item) for item in items]
