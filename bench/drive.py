@@ -18,6 +18,7 @@ from automations.models import Automation
 from bench.harness import (
     CACHE_DIR,
     Bench,
+    StreamEntry,
     cpu_seconds,
     group_progress,
     redis_cpu_seconds,
@@ -25,7 +26,7 @@ from bench.harness import (
 )
 from bench.procs import ServiceProcess
 from bench.workload import automations_json, ensure_group, push
-from triggers.firing import outbox_parts, with_event
+from triggers.firing import firing_count, firing_dicts
 from triggers.models import EventTrigger
 
 
@@ -65,27 +66,26 @@ async def start_engines(
     return engines
 
 
+class StreamCursor:
+    """Reads a stream from its start, page by page, each entry once across calls."""
+
+    def __init__(self, redis: aioredis.Redis, stream: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self._start = "-"
+
+    async def new_entries(self) -> list[StreamEntry]:
+        found: list[StreamEntry] = []
+        while entries := await xrange_after(self.redis, self.stream, self._start):
+            found += entries
+            self._start = "(" + entries[-1][0].decode()
+        return found
+
+
 async def read_firings(redis: aioredis.Redis, stream: str) -> list[dict[str, Any]]:
     """Every firing in the outbox, decoded, in stream order."""
-    firings: list[dict[str, Any]] = []
-    start = "-"
-    while True:
-        entries = await xrange_after(redis, stream, start)
-        if not entries:
-            return firings
-        for _, fields in entries:
-            firings += firing_dicts(fields)
-        start = "(" + entries[-1][0].decode()
-
-
-def firing_dicts(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
-    """The firings of one outbox entry as dicts, each with its triggering event."""
-    items, event_raw = outbox_parts(fields)
-    if event_raw is not None:
-        event = orjson.loads(event_raw)
-        for item in items:
-            with_event(item, event)
-    return items
+    entries = await StreamCursor(redis, stream).new_entries()
+    return [firing for _, fields in entries for firing in firing_dicts(fields)]
 
 
 class FiringCounter:
@@ -93,20 +93,13 @@ class FiringCounter:
     event), reading each entry once."""
 
     def __init__(self, redis: aioredis.Redis, stream: str) -> None:
-        self.redis = redis
-        self.stream = stream
+        self._cursor = StreamCursor(redis, stream)
         self.count = 0
-        self._start = "-"
 
     async def update(self) -> int:
-        while True:
-            entries = await xrange_after(self.redis, self.stream, self._start)
-            if not entries:
-                return self.count
-            for _, fields in entries:
-                many = fields.get(b"firings")
-                self.count += len(orjson.loads(many)) if many is not None else 1
-            self._start = "(" + entries[-1][0].decode()
+        for _, fields in await self._cursor.new_entries():
+            self.count += firing_count(fields)
+        return self.count
 
 
 async def count_firings(redis: aioredis.Redis, stream: str) -> int:

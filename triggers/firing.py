@@ -99,19 +99,28 @@ def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
 
     Raises ``OutboxEntryError`` for an entry that is not one, pydantic's ``ValidationError``
     for a firing that does not validate."""
+    return [Firing.model_validate(item) for item in firing_dicts(fields)]
+
+
+def firing_dicts(fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
+    """``firings_of`` without the validation: the firings as JSON dicts."""
     items, event_raw = outbox_parts(fields)
     if event_raw is not None:
         event = _json(event_raw, "event")
         for item in items:
-            with_event(item, event)
-    return [Firing.model_validate(item) for item in items]
+            _with_event(item, event)
+    return items
 
 
-def with_event(firing: dict[str, Any], event: Any) -> dict[str, Any]:
+def firing_count(fields: Mapping[bytes, bytes]) -> int:
+    """How many firings an entry holds (decoding only the list, not the event)."""
+    return len(outbox_parts(fields)[0])
+
+
+def _with_event(firing: dict[str, Any], event: Any) -> None:
     """Fill in the entry's event where the engine's short form leaves it out: the firing's own
     and that of its direct child firings without one."""
     firing["triggering_event"] = event
     for child in firing.get("triggering_firings") or ():
         if isinstance(child, dict) and "triggering_event" not in child:
             child["triggering_event"] = event
-    return firing

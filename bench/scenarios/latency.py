@@ -27,7 +27,7 @@ from bench.harness import Bench, Row, latency_figures, xread_after
 from bench.procs import stop_all
 from bench.sink import HttpSink
 from bench.workload import GROUPS, RESOURCES, build_automations, event_dict
-from triggers.firing import Firing
+from triggers.firing import Firing, firing_count
 
 EVENT_RATE = 2_000
 FIRING_RATE = 500
@@ -68,11 +68,6 @@ def sent_stamp(data: bytes) -> float | None:
         return None
 
 
-def firing_count(firings: bytes) -> int:
-    """How many firings an engine entry lists."""
-    return len(orjson.loads(firings))
-
-
 async def watch_firings(
     redis: aioredis.Redis, stream: str, samples: list[float], cutoff: list[float],
     stop: asyncio.Event,
@@ -91,8 +86,7 @@ async def watch_firings(
             data = fields.get(b"event") or fields.get(b"data") or b""
             sent = sent_stamp(data)
             if sent and sent >= cutoff[0]:
-                many = fields.get(b"firings")
-                samples.extend([now - sent] * (firing_count(many) if many else 1))
+                samples.extend([now - sent] * firing_count(fields))
 
 
 async def event_to_firing(bench: Bench, seconds: float, size: int, warmup: float) -> Row:
