@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import anyio
 import redis.asyncio as aioredis
 
 from actions.context import Ports
 from actions.dispatcher import Dispatcher
 from actions.secrets import BlockStore
 from automations.keys import Keys
+from automations.lifecycle import run_until
 from automations.runtime.ports import DeploymentsAdapter, FlowRunsAdapter
 from automations.settings import Settings
 from automations.store import AutomationStore
@@ -34,11 +34,5 @@ async def run_dispatcher_service(ctx: ServiceContext) -> None:
     """Dispatch firings until ``ctx.stopping``; then finish the actions in hand and return."""
     ports = build_ports(ctx.redis, ctx.settings, ctx.keys)
     dispatcher = Dispatcher(ctx.redis, ctx.settings, ports=ports, keys=ctx.keys)
-    async with dispatcher, anyio.create_task_group() as tg:
-        async def stop_when_asked() -> None:
-            await ctx.stopping.wait()
-            dispatcher.stop()
-
-        tg.start_soon(stop_when_asked)
-        await dispatcher.run()
-        tg.cancel_scope.cancel()
+    async with dispatcher:
+        await run_until(ctx.stopping, dispatcher)

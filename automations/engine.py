@@ -40,6 +40,7 @@ from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
 from automations.errors import InvalidEvent
 from automations.events import Event, utcnow
 from automations.keys import ENGINE_GROUP, Keys
+from automations.lifecycle import run_until
 from automations.models import Automation
 from automations.ordering import SKIPPED_EVENTS, FollowsOrdering, Incoming, decode_event
 from automations.reload import follow, resync
@@ -400,11 +401,5 @@ async def run_engine_service(ctx: ServiceContext) -> None:
         return  # stopped before Redis came back
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(follow, store, engine, ctx.stopping, after=position))
-
-        async def stop_when_asked() -> None:
-            await ctx.stopping.wait()
-            engine.stop()
-
-        tg.start_soon(stop_when_asked)
-        await engine.run()
+        await run_until(ctx.stopping, engine)
         tg.cancel_scope.cancel()

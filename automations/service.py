@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from automations.bus import CONNECTION_ERRORS, StreamConsumer
+from automations.bus import CONNECTION_ERRORS
 from automations.connection import connect, display_url, redis_url
 from automations.dispatch_service import run_dispatcher_service
 from automations.engine import run_engine_service
@@ -40,18 +40,6 @@ class ServiceContext:
 
 
 ServiceFn = Callable[[ServiceContext], Awaitable[None]]
-
-
-async def consume_until_stopped(ctx: ServiceContext, consumer: StreamConsumer) -> None:
-    """Run ``consumer`` until ``ctx.stopping``; it then finishes its batch, acks and returns."""
-    async with anyio.create_task_group() as tg:
-        async def stop_when_asked() -> None:
-            await ctx.stopping.wait()
-            consumer.stop()
-
-        tg.start_soon(stop_when_asked)
-        await consumer.run()
-        tg.cancel_scope.cancel()
 
 
 SERVICES: dict[str, ServiceFn] = {

@@ -16,7 +16,8 @@ import anyio
 from automations.bus import Entry, StreamConsumer
 from automations.connection import connect
 from automations.keys import Keys
-from automations.service import ServiceContext, consume_until_stopped, serve
+from automations.lifecycle import run_until
+from automations.service import ServiceContext, serve
 from automations.settings import Settings
 
 
@@ -45,7 +46,7 @@ async def slow_service(ctx: ServiceContext) -> None:
 
     consumer = StreamConsumer(ctx.redis, ctx.settings, stream=ctx.keys.events, group="engine",
                               handler=handler, dead_stream=ctx.keys.dead(ctx.keys.events))
-    await consume_until_stopped(ctx, consumer)
+    await run_until(ctx.stopping, consumer)
 
 
 def main() -> None:
