@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Event": "automations.events",
     "Settings": "automations.settings",
-    "emit": "automations.publishing",
-    "aemit": "automations.publishing",
-    "emit_many": "automations.publishing",
-    "aemit_many": "automations.publishing",
+    "emit": "automations.streams.publish",
+    "aemit": "automations.streams.publish",
+    "emit_many": "automations.streams.publish",
+    "aemit_many": "automations.streams.publish",
     "Automation": "automations.models",
     "flow": "automations.runtime.flows",
     "task": "automations.runtime.flows",
@@ -27,13 +27,13 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from automations.events import Event as Event
-    from automations.publishing import aemit as aemit
-    from automations.publishing import aemit_many as aemit_many
-    from automations.publishing import emit as emit
-    from automations.publishing import emit_many as emit_many
     from automations.runtime.flows import flow as flow
     from automations.runtime.flows import task as task
     from automations.settings import Settings as Settings
+    from automations.streams.publish import aemit as aemit
+    from automations.streams.publish import aemit_many as aemit_many
+    from automations.streams.publish import emit as emit
+    from automations.streams.publish import emit_many as emit_many
 
 
 def __getattr__(name: str) -> Any:

@@ -8,11 +8,21 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from automations.settings import Settings
 
 DEFAULT_URL = "redis://localhost:6379/0"
 EMBEDDED_STATE = "embedded-redis.json"  # written by `automations serve` (automations.embedded)
+# What a lost connection looks like from redis-py (plus BUSY LOADING after a restart).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
 
 
 def pid_alive(pid: object) -> bool:

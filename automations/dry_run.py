@@ -9,8 +9,8 @@ would (one firing per window end, stamped with that end). After the last event i
 ``until`` (default: the last event plus the longest window) so open proactive windows close.
 
 Each automation-level firing is fed back as its ``prefect.automation.triggered`` /
-``.resolved`` event (``actions.invocation.state_event``, as the engine publishes it), so
-automations that watch other automations fire too. Action events (``action.triggered``,
+``.resolved`` event (``automations.dispatch.invocation.state_event``, as the engine publishes
+it), so automations that watch other automations fire too. Action events (``action.triggered``,
 ``.executed``) and the flow runs actions would start are not simulated.
 """
 
@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from actions.invocation import state_event
+from automations.dispatch.invocation import state_event
 from automations.events import Event
 from automations.models import Automation
 from triggers.firing import Firing
-from triggers.matching import all_event_triggers, effective_within
-from triggers.models import Posture
+from triggers.models import Posture, all_event_triggers, effective_within
 from triggers.reference import DEFAULT_FOLLOWS_WAIT, ReferenceEvaluator
 
 MAX_FEEDBACK = 1000

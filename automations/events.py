@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +40,24 @@ def uuid7() -> UUID:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = 1_000_000
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch (exact, unlike ``timestamp() * 1e6``): the engine's time."""
+    delta = moment - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US + delta.microseconds
+
+
+def from_micros(value: float) -> datetime:
+    return EPOCH + timedelta(microseconds=int(value))
+
+
+def to_us(seconds: float) -> int:
+    return round(seconds * US)
 
 
 def _check_labels(labels: Mapping[str, Any], where: str) -> None:

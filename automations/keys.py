@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 ENGINE_GROUP = "engine"
 DISPATCH_GROUP = "dispatch"
-ANNOUNCE_GROUP = "announce"  # engines, on the firings stream (automations/announce.py)
+ANNOUNCE_GROUP = "announce"  # engines, on the firings stream (automations/engine/outbox.py)
 WORKERS_GROUP = "workers"
 
 

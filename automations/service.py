@@ -1,30 +1,39 @@
-"""``serve``: every service of one process in one task group, drained on SIGTERM/SIGINT.
+"""Every service shell, and ``serve``: the chosen services of one process in one task group,
+drained on SIGTERM/SIGINT.
 
-A service is ``async def run_x_service(ctx) -> None``: it works until ``ctx.stopping`` is set,
-then finishes what it has in hand and returns. Each owner edits only its own ``SERVICES`` line.
+A service is ``async def run_x(ctx) -> None``: it builds its worker from ``ctx`` and runs it
+until ``ctx.stopping`` is set, then the worker finishes what it has in hand and returns. The
+path from ``serve`` to a consume loop is three calls: ``serve`` -> ``run_engine`` ->
+``Engine.run`` -> ``StreamConsumer.run``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from automations.bus import CONNECTION_ERRORS
-from automations.connection import connect, display_url, redis_url
-from automations.dispatch_service import run_dispatcher_service
-from automations.engine import run_engine_service
+from automations.backoff import Backoff, retry
+from automations.blocks import BlockStore
+from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
+from automations.dispatch.dispatcher import Dispatcher
+from automations.dispatch.ports import Ports
+from automations.engine.engine import Engine
+from automations.engine.timer import ProactiveTimer
 from automations.errors import AutomationsError
 from automations.keys import Keys
-from automations.proactive import run_timer_service
-from automations.runtime.scheduler import run_scheduler_service
+from automations.reload import follow, resync
+from automations.runtime.ports import DeploymentsAdapter, FlowRunsAdapter
+from automations.runtime.scheduler import Scheduler
 from automations.settings import Settings
-from automations.streams import require_redis_version
+from automations.store import AutomationStore
+from automations.streams.upkeep import require_redis_version
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +48,62 @@ class ServiceContext:
     stopping: anyio.Event
 
 
-ServiceFn = Callable[[ServiceContext], Awaitable[None]]
+ServiceFn = Callable[[ServiceContext], Coroutine[object, object, None]]
+
+
+async def run_engine(ctx: ServiceContext) -> None:
+    """Load the stored automations, then evaluate the events stream while following the
+    store's change log (hot reload) until ``ctx.stopping``."""
+    engine = Engine(ctx.redis, ctx.settings, keys=ctx.keys)
+    store = AutomationStore(ctx.redis, ctx.keys)
+    backoff = Backoff("engine: loading automations", cap_s=ctx.settings.reconnect_max_s)
+    position: str | None = None
+    async with anyio.create_task_group() as loading:  # a stop request ends the wait for Redis
+        loading.start_soon(_cancel_when_set, ctx.stopping, loading.cancel_scope)
+        position = await retry(partial(resync, store, engine), backoff)
+        loading.cancel_scope.cancel()
+    if position is None:
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(follow, store, engine, ctx.stopping, after=position))
+        await engine.run(ctx.stopping)
+        tg.cancel_scope.cancel()
+
+
+async def run_timer(ctx: ServiceContext) -> None:
+    """Fire Proactive windows as they end, until ``ctx.stopping``."""
+    await ProactiveTimer(ctx.redis, ctx.settings, keys=ctx.keys).run(ctx.stopping)
+
+
+def build_ports(redis: aioredis.Redis, settings: Settings, keys: Keys) -> Ports:
+    """Every port an executor may use."""
+    return Ports(automations=AutomationStore(redis, keys), blocks=BlockStore(redis, keys),
+                 deployments=DeploymentsAdapter(redis, settings, keys),
+                 flow_runs=FlowRunsAdapter(redis, settings, keys))
+
+
+async def run_dispatcher(ctx: ServiceContext) -> None:
+    """Dispatch firings until ``ctx.stopping``; then finish the actions in hand."""
+    ports = build_ports(ctx.redis, ctx.settings, ctx.keys)
+    async with Dispatcher(ctx.redis, ctx.settings, ports=ports, keys=ctx.keys) as dispatcher:
+        await dispatcher.run(ctx.stopping)
+
+
+async def run_scheduler(ctx: ServiceContext) -> None:
+    """Create the flow runs of deployment schedules until ``ctx.stopping``."""
+    await Scheduler(ctx.redis, ctx.settings, ctx.keys).run(ctx.stopping)
+
+
+async def _cancel_when_set(stopping: anyio.Event, scope: anyio.CancelScope) -> None:
+    await stopping.wait()
+    scope.cancel()
 
 
 SERVICES: dict[str, ServiceFn] = {
-    "engine": run_engine_service,
-    "timer": run_timer_service,
-    "dispatcher": run_dispatcher_service,
-    "scheduler": run_scheduler_service,
+    "engine": run_engine,
+    "timer": run_timer,
+    "dispatcher": run_dispatcher,
+    "scheduler": run_scheduler,
 }
 
 
@@ -78,27 +135,15 @@ async def wait_for_redis(
 ) -> bool:
     """Ping with capped backoff until Redis answers (logged once), then check its version.
     False when asked to stop first."""
-    delay = 0.1
-    warned = False
+    backoff = Backoff(f"waiting for Redis at {url}", first_s=0.1, cap_s=settings.reconnect_max_s)
     while not stopping.is_set():
         try:
             await require_redis_version(client)
-            if warned:
-                log.warning("Redis at %s answers now", url)
+            backoff.recovered()
             return True
         except CONNECTION_ERRORS as exc:
-            if not warned:
-                log.warning("waiting for Redis at %s (%s)", url, exc)
-                warned = True
-        with anyio.move_on_after(delay):
-            await stopping.wait()
-        delay = min(delay * 2, settings.reconnect_max_s)
+            await backoff.wait(exc, stopping)
     return False
-
-
-async def _run_one(name: str, fn: ServiceFn, ctx: ServiceContext) -> None:
-    await fn(ctx)
-    log.info("%s stopped", name)
 
 
 async def serve(
@@ -134,7 +179,7 @@ async def serve(
             tg.start_soon(deadline)
             async with anyio.create_task_group() as services_tg:
                 for name, fn in chosen.items():
-                    services_tg.start_soon(_run_one, name, fn, ctx, name=name)
+                    services_tg.start_soon(fn, ctx, name=name)
             tg.cancel_scope.cancel()  # every service returned: stop the watchers
     finally:
         await client.aclose()

@@ -13,6 +13,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from actions.models import CallWebhook
+from automations.engine.outbox import firing_count, firing_dicts
 from automations.keys import ANNOUNCE_GROUP, DISPATCH_GROUP, ENGINE_GROUP, Keys
 from automations.models import Automation
 from bench.harness import (
@@ -26,7 +27,6 @@ from bench.harness import (
 )
 from bench.procs import ServiceProcess
 from bench.workload import automations_json, ensure_group, push
-from triggers.firing import firing_count, firing_dicts
 from triggers.models import EventTrigger
 
 

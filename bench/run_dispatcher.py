@@ -9,10 +9,9 @@ from __future__ import annotations
 import anyio
 
 from automations.connection import connect
-from automations.dispatch_service import run_dispatcher_service
 from automations.keys import Keys
 from automations.models import Automation
-from automations.service import ServiceContext
+from automations.service import ServiceContext, run_dispatcher
 from automations.store import AutomationStore
 from bench.procs import (
     child_arguments,
@@ -34,7 +33,7 @@ async def main() -> None:
     await AutomationStore(redis, keys).apply(automations)
     say(ready=True, rss=own_rss(), automations=len(automations))
     await serve_until_signal(
-        run_dispatcher_service, ServiceContext(settings, redis, keys, anyio.Event())
+        run_dispatcher, ServiceContext(settings, redis, keys, anyio.Event())
     )
     await redis.aclose()
 

@@ -11,7 +11,7 @@ import time
 import anyio
 
 from automations.connection import connect
-from automations.engine import Engine
+from automations.engine.engine import Engine
 from automations.keys import Keys
 from automations.models import Automation
 from bench.procs import (

@@ -1,6 +1,6 @@
 """Child process: the proactive timer service on a prefix, driven by ``bench.procs``.
 
-``python -m bench.run_timer --redis-url URL --prefix P``: runs ``run_timer_service``, which
+``python -m bench.run_timer --redis-url URL --prefix P``: runs ``run_timer``, which
 needs no automations (the engines publish the trigger specs in Redis).
 """
 
@@ -10,8 +10,7 @@ import anyio
 
 from automations.connection import connect
 from automations.keys import Keys
-from automations.proactive import run_timer_service
-from automations.service import ServiceContext
+from automations.service import ServiceContext, run_timer
 from bench.procs import child_arguments, child_settings, own_rss, say, serve_until_signal
 
 
@@ -22,7 +21,7 @@ async def main() -> None:
     redis = connect(settings)
     say(ready=True, rss=own_rss())
     context = ServiceContext(settings, redis, keys, anyio.Event())
-    await serve_until_signal(run_timer_service, context)
+    await serve_until_signal(run_timer, context)
     await redis.aclose()
 
 

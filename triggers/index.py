@@ -20,8 +20,8 @@ from typing import NamedTuple
 from uuid import UUID
 
 from automations.events import Event
-from triggers.matching import StringTest, all_event_triggers, compile_glob, is_glob, is_prefix_glob
-from triggers.models import CompositeTrigger, EventTrigger, Trigger
+from triggers.matching import StringTest, compile_glob, is_glob, is_prefix_glob
+from triggers.models import CompositeTrigger, EventTrigger, Trigger, all_event_triggers
 
 EntryKey = tuple[UUID, UUID]
 

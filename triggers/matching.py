@@ -20,29 +20,23 @@ Semantics, shared by this module, ``triggers.reference`` and the Redis engine:
   FIRST related resource with that role (Prefect parses the label after the LAST ``:``);
   a missing label or role gives ``""``.
 
-``CompiledTrigger`` is built once per ``EventTrigger`` (``EventTrigger.compiled``) and works
-on the ``Event`` model or, for an engine that skips model validation, on the raw parts.
+``triggers.compiled.CompiledTrigger`` puts these together for one ``EventTrigger``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
 from fnmatch import translate
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from automations.events import RESOURCE_ROLE, Event
-
-if TYPE_CHECKING:
-    from triggers.models import CompositeTrigger, EventTrigger, Trigger
+from automations.events import RESOURCE_ROLE
 
 Labels = Mapping[str, str]
 SpecLike = Mapping[str, str | Sequence[str]]
 StringTest = Callable[[str], bool]
 
 GLOB_CHARS = frozenset("*?[")
-PROACTIVE_MIN_WITHIN = timedelta(seconds=10)
 RELATED_PREFIX = "related:"
 
 
@@ -224,102 +218,3 @@ class LabelRef(NamedTuple):
             if candidate.get(RESOURCE_ROLE) == self.role:
                 return candidate.get(self.label, "")
         return ""
-
-
-class CompiledTrigger:
-    """Everything the hot path asks of an ``EventTrigger``, precompiled once."""
-
-    __slots__ = (
-        "_after",
-        "_expect",
-        "_expect_all",
-        "_match",
-        "_related",
-        "for_each",
-        "labels",
-        "trigger",
-    )
-
-    def __init__(self, trigger: EventTrigger) -> None:
-        self.trigger = trigger
-        self._match = ResourceMatcher(trigger.match)
-        self._related = tuple(ResourceMatcher(s) for s in trigger.match_related_specs)
-        self._expect = NameMatcher(trigger.expect)
-        self._expect_all = not trigger.expect
-        self._after = NameMatcher(trigger.after)
-        self.labels: tuple[str, ...] = tuple(sorted(trigger.for_each))
-        self.for_each = tuple(LabelRef.parse(name) for name in self.labels)
-
-    # -- event names ---------------------------------------------------------------
-    def expects(self, name: str) -> bool:
-        """Is an event with this name counted? (an empty ``expect`` counts every name)"""
-        return self._expect_all or self._expect(name)
-
-    def starts_after(self, name: str) -> bool:
-        """Does an event with this name open a window (``after``)?"""
-        return self._after(name)
-
-    def name_covered(self, name: str) -> bool:
-        return self.expects(name) or self._after(name)
-
-    # -- resources -----------------------------------------------------------------
-    def resources_covered(self, resource: Labels, related: Sequence[Labels]) -> bool:
-        if not self._match(resource):
-            return False
-        for spec in self._related:
-            if not spec.includes(related):
-                break
-        else:
-            return True
-        return False
-
-    def covers_parts(self, name: str, resource: Labels, related: Sequence[Labels]) -> bool:
-        """``covers`` on raw parts (event name, resource labels, related resources)."""
-        return self.name_covered(name) and self.resources_covered(resource, related)
-
-    def covers(self, event: Event) -> bool:
-        """Is ``event`` relevant to this trigger at all (name in expect or after, resources)?"""
-        return self.covers_parts(event.event, event.resource, event.related)
-
-    # -- buckets -------------------------------------------------------------------
-    def bucketing_key_parts(self, resource: Labels, related: Sequence[Labels]) -> tuple[str, ...]:
-        return tuple(ref.value(resource, related) for ref in self.for_each)
-
-    def bucketing_key(self, event: Event) -> tuple[str, ...]:
-        """One value per ``for_each`` label, labels sorted by name; missing -> ``""``."""
-        if not self.for_each:
-            return ()
-        return self.bucketing_key_parts(event.resource, event.related)
-
-    def triggering_labels(self, key: Sequence[str]) -> dict[str, str]:
-        """``{label: value}`` zipping the sorted ``for_each`` labels with ``key``."""
-        return dict(zip(self.labels, key, strict=True))
-
-
-class TriggerPath(NamedTuple):
-    """An event trigger and its composite ancestors, outermost first."""
-
-    trigger: EventTrigger
-    parents: tuple[CompositeTrigger, ...]
-
-
-def all_event_triggers(trigger: Trigger) -> list[TriggerPath]:
-    """Every event trigger inside ``trigger`` (depth first, declared order) with its parents."""
-    found: list[TriggerPath] = []
-    _walk(trigger, (), found)
-    return found
-
-
-def _walk(trigger: Trigger, parents: tuple[CompositeTrigger, ...], out: list[TriggerPath]) -> None:
-    if trigger.type == "event":
-        out.append(TriggerPath(trigger, parents))
-        return
-    for child in trigger.triggers:
-        _walk(child, (*parents, trigger), out)
-
-
-def effective_within(trigger: EventTrigger) -> timedelta:
-    """The window length the engine uses: a Proactive trigger never goes below 10 s."""
-    if trigger.posture == "Proactive":
-        return max(trigger.within, PROACTIVE_MIN_WITHIN)
-    return trigger.within

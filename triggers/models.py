@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, NamedTuple, Self
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -27,11 +27,12 @@ from pydantic import (
 )
 
 from automations.events import Event
-from triggers import matching
+from triggers.compiled import CompiledTrigger
 
 ResourceSpec = dict[str, str | list[str]]
 
-PROACTIVE_MIN_WITHIN = matching.PROACTIVE_MIN_WITHIN.total_seconds()
+PROACTIVE_MIN_WITHIN = 10.0
+"""Seconds: a Proactive trigger's window is never shorter."""
 
 
 class Posture(StrEnum):
@@ -87,7 +88,7 @@ class EventTrigger(_TriggerBase):
     threshold: int = Field(default=1, ge=1)
     within: timedelta = Field(default=timedelta(0), ge=timedelta(0), validate_default=True)
 
-    _compiled: matching.CompiledTrigger | None = PrivateAttr(default=None)
+    _compiled: CompiledTrigger | None = PrivateAttr(default=None)
 
     @field_validator("posture", mode="before")
     @classmethod
@@ -139,13 +140,15 @@ class EventTrigger(_TriggerBase):
 
     # -- pure predicates (compiled once; treat a validated trigger as immutable) --------
     @property
-    def compiled(self) -> matching.CompiledTrigger:
+    def compiled(self) -> CompiledTrigger:
         """The precompiled matcher, built on first use and kept on the model."""
         private = self.__pydantic_private__  # direct: pydantic's __getattr__ costs ~2 us
         assert private is not None
-        compiled: matching.CompiledTrigger | None = private.get("_compiled")
+        compiled: CompiledTrigger | None = private.get("_compiled")
         if compiled is None or compiled.trigger is not self:  # model_copy copies private attrs
-            compiled = private["_compiled"] = matching.CompiledTrigger(self)
+            compiled = private["_compiled"] = CompiledTrigger(
+                self, match=self.match, match_related=self.match_related_specs,
+                expect=self.expect, after=self.after, for_each=self.for_each)
         return compiled
 
     @property
@@ -330,3 +333,32 @@ def _empty_pattern_list(trigger: EventTrigger) -> str | None:
             if patterns == []:
                 return f"{where}.{label}"
     return None
+
+
+class TriggerPath(NamedTuple):
+    """An event trigger and its composite ancestors, outermost first."""
+
+    trigger: EventTrigger
+    parents: tuple[CompositeTrigger, ...]
+
+
+def all_event_triggers(trigger: Trigger) -> list[TriggerPath]:
+    """Every event trigger inside ``trigger`` (depth first, declared order) with its parents."""
+    found: list[TriggerPath] = []
+    _walk(trigger, (), found)
+    return found
+
+
+def _walk(trigger: Trigger, parents: tuple[CompositeTrigger, ...], out: list[TriggerPath]) -> None:
+    if trigger.type == "event":
+        out.append(TriggerPath(trigger, parents))
+        return
+    for child in trigger.triggers:
+        _walk(child, (*parents, trigger), out)
+
+
+def effective_within(trigger: EventTrigger) -> timedelta:
+    """The window length the engine uses: a Proactive trigger never goes below 10 s."""
+    if trigger.posture == "Proactive":
+        return max(trigger.within, timedelta(seconds=PROACTIVE_MIN_WITHIN))
+    return trigger.within

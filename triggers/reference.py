@@ -101,12 +101,14 @@ from uuid import UUID
 
 from automations.events import Event
 from triggers.firing import Firing, TriggerState
-from triggers.matching import TriggerPath, all_event_triggers, effective_within
 from triggers.models import (
     CompoundTrigger,
     EventTrigger,
     Posture,
     SequenceTrigger,
+    TriggerPath,
+    all_event_triggers,
+    effective_within,
 )
 from triggers.reference_parts import Bucket, CompositeBook, FollowerQueue, event_order
 

@@ -14,7 +14,8 @@ from typing import Annotated, TypeVar
 import typer
 from rich.markup import escape
 
-from actions.secrets import BlockStore, env_block_vars, env_name
+from actions.secrets import env_name
+from automations.blocks import BlockStore, env_block_vars
 from automations.cli.common import console, fail, load_settings, run
 from automations.connection import connect
 from automations.errors import NotFound

@@ -16,8 +16,8 @@ from automations.connection import connect, display_url, redis_url
 from automations.errors import BusUnavailable, InvalidEvent
 from automations.events import RESOURCE_ID, RESOURCE_ROLE, Event, event_json_schema
 from automations.keys import Keys
-from automations.publishing import Publisher, build_event
 from automations.settings import Settings
+from automations.streams.publish import Publisher, build_event
 
 BATCH = 1000
 

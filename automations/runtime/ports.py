@@ -1,5 +1,6 @@
-"""The runtime's implementations of the actions ports (``actions.context.DeploymentsPort`` and
-``FlowRunsPort``), wired into the dispatcher by ``automations/dispatch_service.py``."""
+"""The runtime's implementations of the dispatch ports (``automations.dispatch.ports``
+``DeploymentsPort`` and ``FlowRunsPort``), wired into the dispatcher by
+``automations.service.build_ports``."""
 
 from __future__ import annotations
 

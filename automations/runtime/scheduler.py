@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 from uuid import NAMESPACE_URL, uuid5
 
 import anyio
 import redis.asyncio as aioredis
 
-from automations.bus import CONNECTION_ERRORS
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS
 from automations.events import utcnow
 from automations.keys import Keys
 from automations.runtime.deployments import Deployment, DeploymentStore, Schedule, text
 from automations.runtime.flow_runs import FlowRun, FlowRunStore, build_flow_run
 from automations.settings import Settings
-
-if TYPE_CHECKING:
-    from automations.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +40,19 @@ class Scheduler:
 
     def __repr__(self) -> str:
         return f"Scheduler(prefix={self.keys.prefix!r}, created={self.created})"
+
+    async def run(self, stopping: anyio.Event) -> None:
+        """Tick every ``scheduler_interval_s`` until ``stopping``; outages only pause it."""
+        backoff = Backoff("scheduler", logger=log)
+        while not stopping.is_set():
+            try:
+                await self.tick(utcnow())
+                backoff.recovered()
+            except CONNECTION_ERRORS as exc:
+                await backoff.wait(exc, stopping)
+                continue
+            with anyio.move_on_after(self.settings.scheduler_interval_s):
+                await stopping.wait()
 
     async def tick(self, now: datetime) -> list[FlowRun]:
         """One pass: schedule due occurrences, queue due runs, sweep crashed runs."""
@@ -85,19 +95,3 @@ class Scheduler:
             creator={"kind": "deployment", "id": str(dep.id), "name": dep.name},
             message=f"Scheduled by {schedule.describe()}",
         )
-
-
-async def run_scheduler_service(ctx: ServiceContext) -> None:
-    """Tick every ``scheduler_interval_s`` until stopping; Redis outages are logged, not fatal."""
-    scheduler = Scheduler(ctx.redis, ctx.settings, ctx.keys)
-    failing = False
-    while not ctx.stopping.is_set():
-        try:
-            await scheduler.tick(utcnow())
-            failing = False
-        except CONNECTION_ERRORS as exc:
-            if not failing:
-                log.warning("scheduler: Redis unavailable (%s); retrying", exc)
-            failing = True
-        with anyio.move_on_after(ctx.settings.scheduler_interval_s):
-            await ctx.stopping.wait()

@@ -2,9 +2,9 @@
 or breaks because of, Redis.
 
 Events go into a bounded in-memory buffer; a daemon thread publishes them in batches with
-``automations.publishing.Publisher``. While Redis is away the buffer holds them (dropping the oldest
-beyond ``settings.flow_events_buffer``, with one warning) and the thread retries with backoff.
-Closing waits at most ``settings.flow_flush_timeout_s`` for the buffer to drain.
+``automations.streams.publish.Publisher``. While Redis is away the buffer holds them (dropping
+the oldest beyond ``settings.flow_events_buffer``, with one warning) and the thread retries
+with backoff. Closing waits at most ``settings.flow_flush_timeout_s`` for the buffer to drain.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections import deque
 
 from automations.connection import connect
 from automations.events import Event
-from automations.publishing import Publisher
 from automations.settings import Settings
+from automations.streams.publish import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,7 @@ import orjson
 import redis.asyncio as aioredis
 from anyio.abc import Process, TaskGroup
 
-from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
-from automations.connection import redis_url
+from automations.connection import CONNECTION_ERRORS, redis_url
 from automations.errors import NotFound
 from automations.events import utcnow
 from automations.keys import WORKERS_GROUP, Keys
@@ -34,6 +33,7 @@ from automations.runtime.flow_runs import FlowRun, FlowRunStore
 from automations.runtime.launch import FD_ENV, RUN_ENV
 from automations.runtime.states import State, StateType, holds_worker
 from automations.settings import Settings
+from automations.streams.consumer import Entry, Reject, StreamConsumer
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,14 @@ from datetime import UTC, datetime
 import orjson
 import redis.asyncio as aioredis
 
+from automations.engine.outbox import firing_count
 from automations.keys import Keys
 from bench.drive import start_dispatcher, start_engines, webhook_automation
 from bench.harness import Bench, Row, latency_figures, xread_after
 from bench.procs import stop_all
 from bench.sink import HttpSink
 from bench.workload import GROUPS, RESOURCES, build_automations, event_dict
-from triggers.firing import Firing, firing_count
+from triggers.firing import Firing
 
 EVENT_RATE = 2_000
 FIRING_RATE = 500

@@ -18,13 +18,13 @@ import orjson
 import redis.asyncio as aioredis
 
 from actions.models import DoNothing
+from automations.engine.outbox import firing_dicts
 from automations.keys import Keys
 from automations.models import Automation
 from bench.drive import count_firings, start_engines
 from bench.harness import Bench, Row, latency_figures, xread_after
 from bench.procs import stop_all
 from bench.workload import encode, event_dict, push
-from triggers.firing import firing_dicts
 from triggers.models import EventTrigger, Posture
 
 WITHIN = 10.0

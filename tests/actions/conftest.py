@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
-from automations.dispatch_service import build_ports
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import Keys
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 

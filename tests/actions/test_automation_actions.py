@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import DoNothing, PauseAutomation, ResumeAutomation
+from automations.dispatch.dispatcher import Dispatcher
 from automations.events import Event
 from automations.keys import Keys
 from automations.store import AutomationStore

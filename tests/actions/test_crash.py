@@ -13,10 +13,10 @@ from pathlib import Path
 import anyio
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import CallWebhook
-from automations.dispatch_service import build_ports
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import DISPATCH_GROUP, Keys
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import action_events, automation, disk_event, fire, stored

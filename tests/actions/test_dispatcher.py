@@ -9,8 +9,8 @@ from uuid import uuid4
 import orjson
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import CallWebhook, DoNothing
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import Keys
 from automations.store import AutomationStore
 from tests.actions.stories import (

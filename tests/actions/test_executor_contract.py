@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import Action, CallWebhook, SendNotification
-from actions.notifiers import NotifierPool
-from actions.secrets import BlockStore
-from automations.dispatch_service import build_ports
+from automations.blocks import BlockStore
+from automations.dispatch.dispatcher import Dispatcher
+from automations.dispatch.notifiers import NotifierPool
 from automations.keys import Keys
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import action_events, automation, disk_event, fire, stored

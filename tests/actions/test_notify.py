@@ -7,8 +7,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import SendNotification
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import Keys
 from automations.store import AutomationStore
 from tests.actions.stories import action_events, automation, disk_event, fire, stored

@@ -5,10 +5,10 @@ from __future__ import annotations
 import anyio
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import CallWebhook
-from automations.dispatch_service import build_ports
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import Keys
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import automation, disk_event, fire, stored

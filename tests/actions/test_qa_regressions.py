@@ -10,11 +10,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import CallWebhook, DoNothing
-from automations.bus import CONNECTION_ERRORS
-from automations.dispatch_service import build_ports
+from automations.connection import CONNECTION_ERRORS
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import DISPATCH_GROUP, Keys
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import (

@@ -8,12 +8,11 @@ import time
 import anyio
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import CallWebhook
-from actions.retry import RetryJob, RetryQueue
-from automations.dispatch_service import build_ports
+from automations.dispatch.dispatcher import Dispatcher
+from automations.dispatch.retries import RetryJob, RetryQueue
 from automations.keys import Keys
-from automations.service import serve
+from automations.service import build_ports, serve
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import automation, disk_event, fire, stored

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from actions.invocation import event_view
 from actions.models import CallWebhook, SendNotification
 from actions.outcome import PermanentError, Reason
 from actions.templating import TemplateEngine, Templates, check_templates
+from automations.dispatch.invocation import event_view
 from tests.actions.stories import disk_event
 
 

@@ -11,14 +11,15 @@ from uuid import UUID
 
 import redis.asyncio as aioredis
 
-from automations.engine import Engine
+from automations.engine.engine import Engine
+from automations.engine.outbox import firings_of
+from automations.engine.timer import ProactiveTimer
 from automations.events import Event
 from automations.keys import Keys
 from automations.models import Automation
-from automations.proactive import ProactiveTimer
-from automations.publishing import Publisher
 from automations.settings import Settings
-from triggers.firing import Firing, firings_of
+from automations.streams.publish import Publisher
+from triggers.firing import Firing
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

@@ -8,11 +8,11 @@ from uuid import uuid4
 
 import orjson
 
-from automations.announce import Announcer
+from automations.engine.outbox import Announcer, firings_of
 from automations.events import Event
 from automations.keys import ANNOUNCE_GROUP
 from tests.automations.engine_harness import Harness, automation, event
-from triggers.firing import Firing, firings_of
+from triggers.firing import Firing
 
 FAILED = "prefect.flow-run.Failed"
 

@@ -9,10 +9,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from automations.bus import Entry, Reject, StreamConsumer
+from automations.dispatch.dispatcher import Dispatcher
+from automations.engine.engine import Engine
 from automations.keys import Keys
+from automations.runtime.worker import Worker
+from automations.service import build_ports
 from automations.settings import Settings
-from automations.streams import dedupe, require_redis_version, trim_acknowledged
+from automations.streams.consumer import Entry, Reject, StreamConsumer
+from automations.streams.upkeep import dedupe, require_redis_version, trim_acknowledged
 
 
 class Recorder:
@@ -268,15 +272,17 @@ async def test_redis_version_is_checked(redis: aioredis.Redis) -> None:
     assert tuple(int(p) for p in version.split(".")[:2]) >= (6, 2)
 
 
-@pytest.mark.parametrize("stream_attr", ["events", "firings", "runs"])
-def test_default_maxlen_follows_the_stream(
-    settings: Settings, keys: Keys, stream_attr: str
+async def test_each_service_trims_its_stream_with_that_streams_setting(
+    redis: aioredis.Redis, keys: Keys
 ) -> None:
-    stream = getattr(keys, stream_attr)
-    c = StreamConsumer(None, settings, stream=stream, group="g",  # type: ignore[arg-type]
-                       handler=Recorder(), dead_stream=keys.dead(stream))
-    expected = {"events": settings.events_maxlen, "firings": settings.firings_maxlen}
-    assert c.maxlen == expected.get(stream_attr)
+    settings = Settings(prefix=keys.prefix, events_maxlen=5_000, firings_maxlen=7_000)
+    engine = Engine(redis, settings, keys=keys)
+    assert engine._consumer.maxlen == 5_000
+    assert engine.announcer.consumer.maxlen == 7_000
+    dispatcher = Dispatcher(redis, settings, ports=build_ports(redis, settings, keys), keys=keys)
+    assert {c.maxlen for c in dispatcher.consumers} == {7_000}
+    assert Worker(redis, settings).consumer.maxlen == 5_000  # runs: as long as events
+    assert consumer(redis, settings, Recorder()).maxlen is None  # unless asked: never
 
 
 async def test_housekeeping_forgets_idle_consumers_with_nothing_pending(
@@ -289,7 +295,7 @@ async def test_housekeeping_forgets_idle_consumers_with_nothing_pending(
     await redis.xack(keys.events, "g", *[p["message_id"] for p in await redis.xpending_range(
         keys.events, "g", "-", "+", 10)])
     await redis.xreadgroup("g", "busy", {keys.events: ">"}, count=1)  # still holds an entry
-    monkeypatch.setattr("automations.bus.FORGET_IDLE_MS", -1)
+    monkeypatch.setattr("automations.streams.consumer.FORGET_IDLE_MS", -1)
     await c.run_until_idle()  # reclaims nothing yet: "busy" is not idle long enough
     await c._housekeeping()
     names = {x["name"] for x in await redis.xinfo_consumers(keys.events, "g")}

@@ -14,8 +14,8 @@ import automations
 from automations.errors import BusUnavailable, EventTooLarge, InvalidEvent
 from automations.events import Event
 from automations.keys import Keys
-from automations.publishing import Publisher, aemit, aemit_many, build_event, emit, emit_many
 from automations.settings import Settings
+from automations.streams.publish import Publisher, aemit, aemit_many, build_event, emit, emit_many
 from tests.redis_server import free_port
 
 
@@ -120,8 +120,8 @@ def test_from_automations_import_emit_is_the_function_after_the_submodule_import
     settings: Settings,
 ) -> None:
     # The publishing module is imported by now; the package export is still the function.
-    assert isinstance(automations.publishing, types.ModuleType)
-    assert automations.emit is automations.publishing.emit
+    assert isinstance(automations.streams.publish, types.ModuleType)
+    assert automations.emit is automations.streams.publish.emit
     with pytest.raises(BusUnavailable):
         automations.emit("x", resource="r", settings=settings.model_copy(
             update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))

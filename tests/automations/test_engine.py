@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from automations.bus import Entry
+from automations.streams.consumer import Entry
 from tests.automations.engine_harness import Clock, Harness, automation, event, event_ids
 
 FAILED = "prefect.flow-run.Failed"
@@ -152,7 +152,7 @@ async def test_redelivered_batch_is_not_counted_twice(h: Harness) -> None:
 async def test_large_batches_are_split_across_script_calls(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("automations.engine.OPS_PER_CALL", 2)
+    monkeypatch.setattr("automations.engine.engine.OPS_PER_CALL", 2)
     await h.load(automation(reactive(threshold=2, within=60)), automation(reactive(), name="b"))
     leader = event("prefect.flow-run.Running", 0)
     follower = event(FAILED, 5, follows=leader.id)

@@ -16,13 +16,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from automations.engine.outbox import firings_of
 from automations.events import Event
 from automations.keys import Keys
-from automations.publishing import Publisher
 from automations.settings import Settings
 from automations.store import AutomationStore
+from automations.streams.publish import Publisher
 from tests.automations.engine_harness import automation
-from triggers.firing import Firing, firings_of
+from triggers.firing import Firing
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("automations"))

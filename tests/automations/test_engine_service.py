@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 
 from automations.events import Event
 from automations.keys import Keys
-from automations.publishing import Publisher
 from automations.service import serve
 from automations.settings import Settings
 from automations.store import AutomationStore
+from automations.streams.publish import Publisher
 from tests.automations.engine_harness import automation
 
 

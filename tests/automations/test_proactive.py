@@ -10,8 +10,8 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
+from automations.engine.timer import ProactiveTimer
 from automations.events import utcnow
-from automations.proactive import ProactiveTimer
 from automations.settings import Settings
 from tests.automations.engine_harness import (
     Clock,

@@ -9,10 +9,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from automations.bus import Entry, StreamConsumer
 from automations.events import MAX_EVENT_BYTES
 from automations.keys import Keys
 from automations.settings import Settings
+from automations.streams.consumer import Entry, StreamConsumer
 from tests.automations.engine_harness import Harness, automation, event
 
 FAILED = "prefect.flow-run.Failed"

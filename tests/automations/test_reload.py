@@ -17,16 +17,16 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from automations.engine import Engine
+from automations.engine.engine import Engine
+from automations.engine.outbox import firings_of
 from automations.events import Event
 from automations.keys import Keys
 from automations.models import Automation
-from automations.publishing import aemit, aemit_many
 from automations.reload import follow
 from automations.settings import Settings
 from automations.store import AutomationStore
+from automations.streams.publish import aemit, aemit_many
 from tests.redis_server import RedisServer
-from triggers.firing import firings_of
 
 
 class RecordingEngine:

@@ -12,9 +12,9 @@ from automations.cli.serve_cmd import unwrap
 from automations.errors import AutomationsError
 from automations.events import Event
 from automations.keys import Keys
-from automations.publishing import Publisher
 from automations.service import SERVICES, ServiceContext, select, serve
 from automations.settings import Settings
+from automations.streams.publish import Publisher
 from tests.redis_server import free_port
 
 

@@ -13,12 +13,11 @@ import sys
 
 import anyio
 
-from automations.bus import Entry, StreamConsumer
 from automations.connection import connect
 from automations.keys import Keys
-from automations.lifecycle import run_until
 from automations.service import ServiceContext, serve
 from automations.settings import Settings
+from automations.streams.consumer import Entry, StreamConsumer
 
 
 def announce(entries: list[Entry]) -> None:
@@ -46,7 +45,7 @@ async def slow_service(ctx: ServiceContext) -> None:
 
     consumer = StreamConsumer(ctx.redis, ctx.settings, stream=ctx.keys.events, group="engine",
                               handler=handler, dead_stream=ctx.keys.dead(ctx.keys.events))
-    await run_until(ctx.stopping, consumer)
+    await consumer.run(ctx.stopping)
 
 
 def main() -> None:

@@ -13,11 +13,11 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from automations.bus import Entry, StreamConsumer
 from automations.events import Event
 from automations.keys import Keys
-from automations.publishing import Publisher
 from automations.settings import Settings
+from automations.streams.consumer import Entry, StreamConsumer
+from automations.streams.publish import Publisher
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]

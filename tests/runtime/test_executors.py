@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from actions.dispatcher import Dispatcher
 from actions.models import (
     CancelFlowRun,
     ChangeFlowRunState,
@@ -17,12 +16,13 @@ from actions.models import (
     ResumeDeployment,
     RunDeployment,
 )
-from automations.dispatch_service import build_ports
+from automations.dispatch.dispatcher import Dispatcher
 from automations.events import Event
 from automations.keys import Keys
 from automations.runtime.deployments import Deployment, DeploymentStore
 from automations.runtime.flow_runs import FlowRun, FlowRunStore, build_flow_run
 from automations.runtime.states import State, StateType
+from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import action_events, automation, disk_event, fire, stored

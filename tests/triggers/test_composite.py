@@ -8,12 +8,12 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 
+from automations.engine.specs import window_specs
+from automations.events import micros
 from automations.keys import Keys
 from automations.settings import Settings
 from tests.automations.engine_harness import Clock, Harness, automation, event
-from triggers.composite import window_specs
 from triggers.firing import Firing
-from triggers.window import micros
 
 A, B, C = "event.a", "event.b", "event.c"
 

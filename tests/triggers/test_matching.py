@@ -9,18 +9,22 @@ import pytest
 
 from automations.events import Event
 from triggers.matching import (
-    CompiledTrigger,
     LabelRef,
     NameMatcher,
     ResourceMatcher,
     ValueMatcher,
-    all_event_triggers,
-    effective_within,
     glob_match,
     related_match,
     resource_matches,
 )
-from triggers.models import CompoundTrigger, EventTrigger, Posture, SequenceTrigger
+from triggers.models import (
+    CompoundTrigger,
+    EventTrigger,
+    Posture,
+    SequenceTrigger,
+    all_event_triggers,
+    effective_within,
+)
 
 
 def flow_run_event(name: str = "prefect.flow-run.Failed", **extra: Any) -> Event:
@@ -170,7 +174,7 @@ def test_empty_expect_counts_every_event_and_empty_after_gates_nothing() -> None
 
 
 def test_covers_parts_works_on_raw_dicts() -> None:
-    compiled = CompiledTrigger(EventTrigger(expect={"x"}, match={"prefect.resource.id": "r*"}))
+    compiled = EventTrigger(expect={"x"}, match={"prefect.resource.id": "r*"}).compiled
     assert compiled.covers_parts("x", {"prefect.resource.id": "r1"}, [])
     assert not compiled.covers_parts("y", {"prefect.resource.id": "r1"}, [])
 

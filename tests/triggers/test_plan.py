@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import uuid4
 
+from automations.engine.plan import Planner
+from automations.engine.specs import immediate, window_specs
 from automations.keys import Keys
-from triggers.composite import immediate, window_specs
 from triggers.index import TriggerIndex
 from triggers.models import CompoundTrigger, EventTrigger, Posture
-from triggers.plan import Planner
 
 
 def planner_for(*triggers: EventTrigger | CompoundTrigger) -> tuple[Planner, Keys, list[str]]:

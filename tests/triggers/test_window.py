@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
+from automations.engine.window import WindowBatch, script_source
+from automations.events import from_micros, micros
 from tests.automations.engine_harness import Clock, Harness, automation, event
-from triggers.window import WindowBatch, from_micros, micros, script_source
 
 FAILED = "prefect.flow-run.Failed"
 

@@ -18,22 +18,18 @@ from uuid import UUID
 
 import orjson
 
-from automations.events import RESOURCE_ID, RESOURCE_NAME
+from automations.events import to_us
 from automations.keys import Keys
-from triggers.matching import CompiledTrigger, all_event_triggers, effective_within
+from triggers.compiled import CompiledTrigger
 from triggers.models import (
     CompositeTrigger,
     EventTrigger,
     Posture,
     SequenceTrigger,
     Trigger,
+    all_event_triggers,
+    effective_within,
 )
-
-US = 1_000_000
-
-
-def to_us(seconds: float) -> int:
-    return round(seconds * US)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -88,14 +84,6 @@ def immediate(trigger: EventTrigger) -> bool:
     once, so it needs no window state (only the dedupe and the outbox write)."""
     return (trigger.posture is Posture.Reactive and trigger.threshold == 1
             and not trigger.after and effective_within(trigger).total_seconds() == 0)
-
-
-def automation_resource(automation_id: UUID, name: str, trigger: Trigger) -> dict[str, str]:
-    """The resource of an automation's ``prefect.automation.*`` events (reference 3.13)."""
-    resource = {RESOURCE_ID: f"prefect.automation.{automation_id}", RESOURCE_NAME: name}
-    if isinstance(trigger, EventTrigger):
-        resource["prefect.posture"] = trigger.posture.value
-    return resource
 
 
 def window_specs(automation_id: UUID, trigger: Trigger, keys: Keys) -> list[WindowSpec]:

@@ -14,11 +14,11 @@ from typing import Any
 
 import anyio
 
-from actions.context import ActionContext, ActionResult
 from actions.models import SendNotification
-from actions.notifiers import classify
 from actions.outcome import ActionError, PermanentError, TransientError
 from actions.secrets import resolve_block
+from automations.dispatch.notifiers import classify
+from automations.dispatch.ports import ActionContext, ActionResult
 
 SUPPRESSED_NOTE = "\n\n({n} similar notification{s} suppressed by the cooldown)"
 

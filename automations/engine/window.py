@@ -1,10 +1,10 @@
-"""Window state in Redis: typed wrappers around the Lua scripts in ``triggers/lua``.
+"""Window state in Redis: typed wrappers around the Lua scripts in ``lua/``.
 
 Every read-modify-write of a bucket happens inside one script call, and the script that
 makes a trigger fire also XADDs the ``Firing`` (firings stream, the outbox; the firings of
 one triggering event share an entry that holds the event once, see ``triggers.firing``): a
 crash can neither lose a firing nor produce it twice. Its ``prefect.automation.triggered``
-event and ``last_fired`` are written from the outbox by ``automations.announce``. The
+event and ``last_fired`` are written from the outbox by ``outbox.Announcer``. The
 firings of triggers that keep no state (immediate and top level) are written by the engine
 (``WindowBatch.add_ready``) and only appended by the script if the event is new. ``apply``
 runs an engine batch in one call (dedupe, ``follows`` holding, every bucket update; the
@@ -22,20 +22,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from automations.events import uuid7
+from automations.engine.outbox import ready_firing_json
+from automations.engine.specs import WindowSpec
+from automations.events import from_micros, micros, to_us, uuid7
 from automations.keys import Keys
 from automations.settings import Settings
-from triggers.composite import WindowSpec, to_us
 
 LUA_DIR = Path(__file__).parent / "lua"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LOOKBACK_S = 15 * 60  # first windows are backdated 15 min (reference 3.3)
 SWEEP_S = 60  # reactive buckets live 60 s past their end (reference 3.8)
 HELD_KEEP_S = 15 * 60  # held expect events outlive their window by 15 min
@@ -43,16 +43,6 @@ UNRESOLVED_TTL_S = 7 * 24 * 3600  # how long a proactive firing waits for its re
 TICK_LIMIT = 500
 
 OpTemplate = tuple[str, str, str, int, int, str]  # see WindowBatch.add_op
-
-
-def micros(moment: datetime) -> int:
-    """Microseconds since the epoch (exact, unlike ``timestamp() * 1e6``)."""
-    delta = moment - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_micros(value: float) -> datetime:
-    return EPOCH + timedelta(microseconds=int(value))
 
 
 def script_source(name: str) -> str:
@@ -116,17 +106,15 @@ class WindowBatch:
     def add_ready(self, event_no: int, spec: WindowSpec, labels: str) -> None:
         """The firing of a trigger that needs no state (``WindowSpec.fires_at_once``): written
         here, appended by the script to the event's outbox entry if the event is new."""
-        self.ready[event_no - 1].append(
-            f'{{"id":"{self.new_id()}",{spec.ids_json},"trigger_states":["Triggered"],'
-            f'"triggered":"{self.iso}","triggering_labels":{labels},"triggering_firings":[],'
-            f'"automation_triggered_event_id":"{self.new_id()}"}}')
+        self.ready[event_no - 1].append(ready_firing_json(
+            self.new_id(), spec.ids_json, self.iso, labels, self.new_id()))
         self.events[event_no - 1][8] += 1
         self.ready_count += 1
 
     def add_op(self, event_no: int, spec: WindowSpec, template: OpTemplate) -> None:
         """One (event, trigger) operation; ``template`` (bucket key, labels JSON, held key,
         after/expect flags, unresolved key) only depends on the trigger, the event name and
-        the bucket (``triggers.plan`` builds it); ops sharing one template object send it once."""
+        the bucket (``plan`` builds it); ops sharing one template object send it once."""
         number = self._spec_no.get(id(spec))
         if number is None:
             self.specs.append(spec.json)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from actions.context import ActionContext, ActionResult, FlowRunsPort
-from actions.invocation import infer_id
 from actions.models import CancelFlowRun, ChangeFlowRunState
 from actions.outcome import PermanentError, Reason
+from automations.dispatch.invocation import infer_id
+from automations.dispatch.ports import ActionContext, ActionResult, FlowRunsPort
 from automations.errors import NotFound
 
 FLOW_RUN_KIND = "prefect.flow-run"

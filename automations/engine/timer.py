@@ -4,7 +4,7 @@ Every bucket that can become due is in the ``deadlines`` sorted set (score: its 
 Proactive bucket, end + 60 s for a Reactive one, which is then swept). The timer sleeps until
 the earliest deadline, but never longer than ``settings.proactive_poll_max_s``, so a nearer
 deadline added meanwhile (by any engine process) is seen within that bound. One ``tick`` is
-one Lua script (``triggers/lua/tick.lua``) that claims the due buckets (ZREM) and evaluates
+one Lua script (``lua/tick.lua``) that claims the due buckets (ZREM) and evaluates
 them in the same atomic step: with any number of timers, each window fires exactly once.
 
 "Due" is judged as of now plus the events-clock offset (reference 3.7): when the engines are
@@ -18,19 +18,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import anyio
 import redis.asyncio as aioredis
 
-from automations.bus import CONNECTION_ERRORS
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS
+from automations.engine.window import TICK_LIMIT, TickResult, Window
 from automations.events import utcnow
 from automations.keys import Keys
 from automations.settings import Settings
-from triggers.window import TICK_LIMIT, TickResult, Window
-
-if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
-    from automations.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +64,13 @@ class ProactiveTimer:
 
     async def run(self, stopping: anyio.Event) -> None:
         """Tick until ``stopping``; survives Redis outages with a capped backoff."""
-        backoff = 0.05
+        backoff = Backoff("proactive timer", cap_s=self.settings.reconnect_max_s, logger=log)
         while not stopping.is_set():
             try:
                 delay = self.sleep_for(await self.tick())
-                backoff = 0.05
+                backoff.recovered()
             except CONNECTION_ERRORS as exc:
-                log.warning("proactive timer: Redis unreachable (%s); retrying", exc)
-                delay = backoff
-                backoff = min(backoff * 2, self.settings.reconnect_max_s)
+                await backoff.wait(exc, stopping)
+                continue
             with anyio.move_on_after(delay):
                 await stopping.wait()
-
-
-async def run_timer_service(ctx: ServiceContext) -> None:
-    """The ``timer`` service of ``automations serve``."""
-    timer = ProactiveTimer(ctx.redis, ctx.settings, keys=ctx.keys)
-    await timer.run(ctx.stopping)

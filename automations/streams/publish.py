@@ -13,13 +13,12 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from automations.bus import CONNECTION_ERRORS
-from automations.connection import connect, display_url, redis_url
+from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
 from automations.errors import BusUnavailable, InvalidEvent
 from automations.events import RESOURCE_ID, Event
 from automations.keys import Keys
 from automations.settings import Settings
-from automations.streams import TRIM_SCRIPT, TRIM_STEP, trim_acknowledged
+from automations.streams.upkeep import TRIM_SCRIPT, TRIM_STEP, trim_acknowledged
 
 EventLike = Event | Mapping[str, Any] | str
 CHUNK = 1000  # commands per pipeline round trip

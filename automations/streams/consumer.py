@@ -19,26 +19,16 @@ import anyio
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from automations.keys import Keys
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS
 from automations.settings import Settings
-from automations.streams import require_redis_version, trim_acknowledged
+from automations.streams.upkeep import require_redis_version, trim_acknowledged
 
 log = logging.getLogger(__name__)
 
 # Error replies that mean "Redis cannot serve us right now" (memory full, failover, loading).
 TRANSIENT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS")
 FORGET_IDLE_MS = 86_400_000  # a consumer with nothing pending and idle this long is forgotten
-# What a lost connection looks like from redis-py (plus BUSY LOADING after a restart).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-
-
 def _outage(exc: BaseException) -> bool:
     """A lost connection, possibly raised by several tasks of a task group at once."""
     if isinstance(exc, BaseExceptionGroup):
@@ -66,35 +56,21 @@ class Reject:
 Handler = Callable[[list[Entry]], Awaitable[Sequence[Reject] | None]]
 
 
-class _Outage:
-    """Capped exponential backoff that logs once when Redis goes away and once when it is back."""
-
-    def __init__(self, cap_s: float, what: str) -> None:
-        self.cap_s = cap_s
-        self.what = what
-        self.attempts = 0
-        self.since = 0.0
-
-    async def wait(self, exc: BaseException) -> None:
-        if self.attempts == 0:
-            self.since = time.monotonic()
-            log.warning("%s: Redis unreachable (%s); retrying with backoff", self.what, exc)
-        self.attempts += 1
-        await anyio.sleep(min(0.05 * 2 ** (self.attempts - 1), self.cap_s))
-
-    def recovered(self) -> None:
-        if self.attempts:
-            log.warning("%s: Redis reachable again after %.1f s", self.what,
-                        time.monotonic() - self.since)
-            self.attempts = 0
+async def stop_when_set(stopping: anyio.Event, stop: Callable[[], None]) -> None:
+    """Call ``stop`` once ``stopping`` is set (a service's watcher task; cancel it when the
+    service returns by itself)."""
+    await stopping.wait()
+    stop()
 
 
 class StreamConsumer:
     """Reads ``stream`` as ``consumer`` of ``group`` and feeds batches to ``handler``.
 
     The handler gets a list of entries and returns the ones it rejects (acked and dead-lettered
-    at once) or None. If it raises, the batch stays pending and is retried with backoff; an
-    entry delivered ``max_deliveries`` times goes to ``dead_stream`` with the last error.
+    at once) or None; the others are acked after it returns (``handler_acks``: the handler
+    acks them itself, in the same atomic step as its work). If it raises, the batch stays
+    pending and is retried with backoff; an entry delivered ``max_deliveries`` times goes to
+    ``dead_stream`` with the last error.
     """
 
     def __init__(
@@ -109,6 +85,7 @@ class StreamConsumer:
         consumer: str | None = None,
         batch_size: int | None = None,
         maxlen: int | None = None,
+        handler_acks: bool = False,
     ) -> None:
         self.redis = redis
         self.settings = settings
@@ -118,11 +95,8 @@ class StreamConsumer:
         self.dead_stream = dead_stream
         self.consumer = consumer or settings.consumer_name
         self.batch_size = batch_size or settings.batch_size
-        keys = Keys(settings.prefix)
-        default_maxlen = {
-            keys.events: settings.events_maxlen, keys.firings: settings.firings_maxlen
-        }
-        self.maxlen = maxlen if maxlen is not None else default_maxlen.get(stream)
+        self.handler_acks = handler_acks  # the handler acks what it accepts, atomically
+        self.maxlen = maxlen  # trim what every group acknowledged towards it (None: never)
         self.handled = 0
         self.rejected = 0
         self.dead = 0
@@ -163,26 +137,33 @@ class StreamConsumer:
                 raise
         self._ready = True
 
-    async def run(self) -> None:
-        """Consume until ``stop()``: claim stale entries, read, handle, ack; survive outages."""
-        outage = _Outage(self.settings.reconnect_max_s, f"{self.stream}/{self.group}")
-        while not self._stopping:
-            try:
-                if not self._ready:
-                    await self.ensure_group()
-                await self._step(block=True)
-                outage.recovered()
-            except CONNECTION_ERRORS as exc:
-                self._ready = False
-                await outage.wait(exc)
-            except redis.exceptions.ResponseError as exc:
-                if str(exc).startswith(TRANSIENT_REPLIES):
-                    await outage.wait(exc)
-                elif "NOGROUP" in str(exc):  # the stream vanished (e.g. Redis lost its data)
-                    log.warning("%s: group %s is gone; recreating it", self.stream, self.group)
+    async def run(self, stopping: anyio.Event | None = None) -> None:
+        """Consume until ``stop()`` (or ``stopping``): claim stale entries, read, handle, ack;
+        survive outages."""
+        backoff = Backoff(f"{self.stream}/{self.group}", cap_s=self.settings.reconnect_max_s,
+                          logger=log)
+        async with anyio.create_task_group() as tg:
+            if stopping is not None:
+                tg.start_soon(stop_when_set, stopping, self.stop)
+            while not self._stopping:
+                try:
+                    if not self._ready:
+                        await self.ensure_group()
+                    await self._step(block=True)
+                    backoff.recovered()
+                except CONNECTION_ERRORS as exc:
                     self._ready = False
-                else:
-                    raise
+                    await backoff.wait(exc)
+                except redis.exceptions.ResponseError as exc:
+                    if str(exc).startswith(TRANSIENT_REPLIES):
+                        await backoff.wait(exc)
+                    elif "NOGROUP" in str(exc):  # the stream vanished (Redis lost its data)
+                        log.warning("%s: group %s is gone; recreating it", self.stream,
+                                    self.group)
+                        self._ready = False
+                    else:
+                        raise
+            tg.cancel_scope.cancel()
 
     async def run_until_idle(self) -> int:
         """Handle reclaimable, own pending and new entries until none remain; return how many
@@ -307,7 +288,7 @@ class StreamConsumer:
             await self._dead_letter(list(rejects))
             self.rejected += len(rejects)
         done = [e.id for e in entries if e.id not in rejected]
-        if done:
+        if done and not self.handler_acks:
             await self.redis.xack(self.stream, self.group, *done)
         self.handled += len(entries)
         for e in entries:

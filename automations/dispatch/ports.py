@@ -3,7 +3,7 @@
 ``actions`` never imports ``automations.models``, the store, the engine or the runtime
 (DESIGN.md section 2): the automation is a read-only Protocol view, and everything an executor
 changes outside Redis goes through a port the dispatcher service wires in
-(``automations/dispatch_service.py``). Ports use positional-only parameters so any
+(``automations.service.build_ports``). Ports use positional-only parameters so any
 implementation's parameter names fit.
 """
 
@@ -19,9 +19,9 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from actions.models import Action
-from actions.notifiers import NotifierPool
 from actions.secrets import Redactor
 from actions.templating import Templates
+from automations.dispatch.notifiers import NotifierPool
 from automations.events import Event
 from automations.keys import Keys
 from automations.settings import Settings

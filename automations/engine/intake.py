@@ -1,39 +1,32 @@
-"""``follows`` ordering (reference 3.10, 7.7) with its state in Redis, shared by all engines.
+"""Intake: stream entries to ``Incoming`` events, with the limits and checks every entry
+passes before evaluation.
 
-An event whose ``follows`` leader has not been processed is held: the engine's batch script
-(``triggers/lua/apply.lua``) checks ``keys.seen(leader)`` and, in the same atomic step,
-stores the event in ``keys.held_events``, adds it to ``keys.followers(leader)`` and to
-``keys.waitlist`` (scored by when it was held). Processing the leader (any engine) returns its
-followers, which the engine evaluates right after it, in ``occurred`` order. Because holding
-and releasing are both inside scripts, no follower can slip between a leader's check and its
-completion (the race Prefect closes with a double check). A follower stays in
-``held_events``/``waitlist`` until it is itself processed, so a crash after the release only
-delays it to the bounded-wait release: ``lost()`` hands back followers held longer than
-``settings.follows_wait_s``. An entry older than that when first read skips the wait.
-
-This module also decodes stream payloads into ``Incoming`` (shared by the engine and the
-release paths): the pydantic ``Event`` is built only when some trigger may care about it.
+The pydantic ``Event`` is built only for events some trigger may care about (their name is
+in the index); others get a light check of the fields ordering and dedupe need (id,
+occurred, event, resource id, follows). Anything invalid becomes a ``Reject`` (dead-lettered
+with the reason). A batch's repeats of an id are dropped here; the authoritative dedupe is
+the window script's (``keys.seen``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sized
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
-import redis.asyncio as aioredis
 
 from automations.errors import EventTooLarge, InvalidEvent
-from automations.events import MAX_EVENT_BYTES, RESOURCE_ID, Event
-from automations.keys import Keys
+from automations.events import MAX_EVENT_BYTES, RESOURCE_ID, Event, micros, to_us
 from automations.settings import Settings
-from triggers.window import micros
+from automations.streams.consumer import Entry, Reject
 
 SKIPPED_EVENTS = frozenset({"prefect.log.write"})
+DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous script call runs)
+
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -120,57 +113,78 @@ def decode_event(raw: bytes, index: NameIndex) -> Incoming:
     )
 
 
-def in_order(items: list[Incoming]) -> list[Incoming]:
-    """Followers are evaluated by ``occurred``, then id (as the reference does)."""
-    return sorted(items, key=lambda item: (item.occurred_us, item.id))
+class Intake:
+    """One engine's decoding: ``decode_event``'s checks, the clock-skew bound
+    (``max_future_s``) and whether each event may wait for its leader (``waits``)."""
 
-
-class FollowsOrdering:
-    """The Python half of ordering: who may wait, and the bounded-wait release."""
-
-    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
-        self.redis = redis
-        self.keys = keys
-        self.wait_us = round(settings.follows_wait_s * 1_000_000)
-        self.batch_size = settings.batch_size
+    def __init__(
+        self, index: NameIndex, settings: Settings, waits: Callable[[str, datetime], bool]
+    ) -> None:
+        self.index = index
+        self.max_future_s = settings.max_future_s
+        self._max_future_us = to_us(settings.max_future_s)
+        self.waits = waits
 
     def __repr__(self) -> str:
-        return f"FollowsOrdering(wait={self.wait_us / 1e6:g}s)"
+        return f"Intake(max_future={self.max_future_s:g}s)"
 
-    def waits(self, entry_id: str, now: datetime) -> bool:
-        """May an event read from stream entry ``entry_id`` wait for its leader? Not when
-        waiting is off, nor when the entry is already older than the wait."""
-        if self.wait_us <= 0:
-            return False
-        added_ms = int(entry_id.split("-", 1)[0])
-        return micros(now) - added_ms * 1000 < self.wait_us
-
-    def decode_released(self, raws: list[bytes], index: NameIndex) -> list[Incoming]:
-        items: list[Incoming] = []
-        for raw in raws:
-            try:
-                items.append(decode_event(raw, index))
-            except InvalidEvent:  # it was valid when held; a changed model must not block
+    def decode(
+        self, entries: Sequence[Entry], now: datetime
+    ) -> tuple[list[Incoming], list[Reject]]:
+        incoming: list[Incoming] = []
+        rejects: list[Reject] = []
+        waits, index = self.waits, self.index
+        horizon = micros(now) + self._max_future_us
+        for entry in entries:
+            raw = entry.fields.get(b"data")
+            if raw is None:
+                rejects.append(Reject(entry, "stream entry has no 'data' field"))
                 continue
-        return in_order(items)
+            try:
+                item = decode_event(raw, index)
+            except InvalidEvent as exc:
+                rejects.append(Reject(entry, f"invalid event: {exc}"))
+                continue
+            if item.occurred_us > horizon:
+                rejects.append(Reject(entry, self._too_far_ahead(item, now)))
+                continue
+            item.waits = waits(entry.id, now)
+            incoming.append(item)
+        return incoming, rejects
 
-    async def lost(self, now: datetime, index: NameIndex) -> list[Incoming]:
-        """Followers held for ``follows_wait_s`` or longer, oldest ``occurred`` first."""
-        cutoff = micros(now) - self.wait_us
-        ids: list[Any] = await self.redis.zrangebyscore(
-            self.keys.waitlist, "-inf", cutoff, start=0, num=self.batch_size
+    def _too_far_ahead(self, item: Incoming, now: datetime) -> str:
+        ahead = (item.occurred_us - micros(now)) / 1_000_000
+        return (
+            f"invalid event: occurred is {ahead:,.0f} s ahead of the engine's clock "
+            f"(more than AUTOMATIONS_MAX_FUTURE_S={self.max_future_s:g}); "
+            "check the producer's clock"
         )
-        if not ids:
-            return []
-        raws: list[Any] = await self.redis.hmget(self.keys.held_events, ids)
-        gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
-        if gone:
-            await self.redis.zrem(self.keys.waitlist, *gone)
-        items = self.decode_released([r for r in raws if r is not None], index)
-        for item in items:
-            item.waits = False
-        return items
 
-    async def held(self) -> int:
-        """How many events wait for their leader (for tests and ``repr``)."""
-        return int(await self.redis.hlen(self.keys.held_events))
+
+class BatchSource:
+    """A batch's stream entries, decoded (and deduplicated by id) a chunk at a time as the
+    engine matches them, so decoding overlaps the previous script call."""
+
+    def __init__(self, intake: Intake, entries: Sequence[Entry], now: datetime) -> None:
+        self._intake = intake
+        self._entries = entries
+        self._now = now
+        self._at = 0
+        self._seen: set[str] = set()
+        self.rejects: list[Reject] = []
+
+    def decode_into(self, items: list[Incoming]) -> bool:
+        """Append the next decoded events to ``items``; False once every entry is decoded."""
+        while self._at < len(self._entries):
+            chunk = self._entries[self._at:self._at + DECODE_CHUNK]
+            self._at += len(chunk)
+            decoded, rejects = self._intake.decode(chunk, self._now)
+            self.rejects += rejects
+            before = len(items)
+            for item in decoded:
+                if item.id not in self._seen:
+                    self._seen.add(item.id)
+                    items.append(item)
+            if len(items) > before:
+                return True
+        return False

@@ -4,7 +4,7 @@ and per (trigger, ``for_each`` key), the arguments of its bucket operation.
 ``TriggerIndex.candidates`` and the name half of ``covers`` depend on the event name only, so
 they run once per distinct name (``steps``) instead of once per event; what is left per event
 is the resource check and, for triggers with ``for_each``, building the bucket key
-(``OpTemplate``, see ``triggers.window``). Everything here is derived from the loaded
+(``OpTemplate``, see ``window``). Everything here is derived from the loaded
 automations: the owner calls ``clear()`` whenever they change.
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from automations.engine.specs import WindowSpec
+from automations.engine.window import OpTemplate
 from automations.keys import Keys
-from triggers.composite import WindowSpec
+from triggers.compiled import CompiledTrigger
 from triggers.index import TriggerIndex
-from triggers.matching import CompiledTrigger
-from triggers.window import OpTemplate
 
 NAME_CACHE = 10_000  # distinct event names remembered
 KEY_CACHE = 100_000  # distinct (for_each labels, key) encodings remembered

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from actions.context import ActionContext, ActionResult
-from actions.invocation import infer_id
 from actions.models import DoNothing, PauseAutomation, ResumeAutomation
 from actions.outcome import PermanentError, Reason
+from automations.dispatch.invocation import infer_id
+from automations.dispatch.ports import ActionContext, ActionResult
 from automations.errors import AutomationsError, NotFound
 
 AUTOMATION_KIND = "prefect.automation"

@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
-from actions.retry import RetryJob, RetryQueue
+from automations.dispatch.retries import RetryJob, RetryQueue
 from automations.events import Event
 from automations.keys import Keys
 from automations.settings import Settings

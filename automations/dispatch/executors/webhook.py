@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from actions.context import ActionContext, ActionResult
 from actions.models import CallWebhook
 from actions.outcome import PermanentError, Reason, TransientError, classify_http
 from actions.secrets import display_url, is_sensitive_header, redact_headers, resolve_block
+from automations.dispatch.ports import ActionContext, ActionResult
 
 MAX_BODY_CHARS = 1000
 _READ_BYTES = 4 * MAX_BODY_CHARS

@@ -17,11 +17,11 @@ from uuid import UUID
 
 import orjson
 
-from actions.context import ActionContext, ActionResult, DeploymentsPort
-from actions.invocation import infer_id
 from actions.models import PauseDeployment, ResumeDeployment, RunDeployment
 from actions.outcome import PermanentError, Reason
 from actions.templating import Templates
+from automations.dispatch.invocation import infer_id
+from automations.dispatch.ports import ActionContext, ActionResult, DeploymentsPort
 from automations.errors import NotFound
 
 DEPLOYMENT_KIND = "prefect.deployment"

@@ -3,20 +3,16 @@
 One batch reads top to bottom (``handle_batch``): decode -> dedupe -> match -> apply ->
 (released followers) -> ack (by the ``StreamConsumer``).
 
-- **decode**: orjson; the pydantic ``Event`` is built only for events some trigger may care
-  about (their name is in the index). Others get a light check of the fields ordering and
-  dedupe need (id, occurred, event, resource id, follows). Anything invalid becomes a
-  ``Reject`` (dead-lettered with the reason).
-- **dedupe** drops repeats of an id inside the batch; the authoritative check is in Redis.
-- **match**: per event name, the covering triggers and their static op arguments come
-  precomputed (``triggers/plan.py``: ``TriggerIndex`` candidates and the name half of
-  ``covers``, once per name); per event only the resource check and ``for_each`` keys
+- **decode** and **dedupe** (``intake``): orjson, the model only where a trigger may care,
+  limits; repeats of an id inside the batch are dropped (the authoritative check is in Redis).
+- **match** (``plan``): per event name, the covering triggers and their static op arguments
+  come precomputed (once per name); per event only the resource check and ``for_each`` keys
   remain. One operation per (event, trigger).
-- **apply**: one Lua script call per batch (``triggers/window.py``; a batch over
+- **apply** (``window`` + ``lua/apply.lua``): one script call per batch (a batch over
   ``OPS_PER_CALL`` operations is split, so one call never blocks Redis for long) marks each
   event seen (SET NX on ``keys.seen(id)``), holds followers whose leader was not processed
-  (``automations/ordering.py``), updates every bucket and writes every firing. Marking seen
-  is part of the same atomic step as the state change, so a crash before the script loses
+  (``follows``), updates every bucket and writes every firing to the outbox. Marking seen is
+  part of the same atomic step as the state change, so a crash before the script loses
   nothing (the batch is redelivered and evaluated), a crash after it double-counts nothing
   (the redelivered events are seen and skipped).
 """
@@ -27,38 +23,29 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from functools import partial
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import anyio
 import orjson
 import redis.asyncio as aioredis
 
-from automations.announce import Announcer
-from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
-from automations.errors import InvalidEvent
+from automations.engine.follows import FollowsOrdering
+from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
+from automations.engine.outbox import Announcer, automation_resource
+from automations.engine.plan import Planner, Step
+from automations.engine.specs import WindowSpec, window_specs
+from automations.engine.window import Window, WindowBatch
 from automations.events import Event, utcnow
 from automations.keys import ENGINE_GROUP, Keys
-from automations.lifecycle import run_until
 from automations.models import Automation
-from automations.ordering import SKIPPED_EVENTS, FollowsOrdering, Incoming, decode_event
-from automations.reload import follow, resync
 from automations.settings import Settings
-from automations.store import AutomationStore
-from triggers.composite import WindowSpec, automation_resource, window_specs
+from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
 from triggers.index import TriggerIndex
-from triggers.plan import Planner, Step
-from triggers.window import Window, WindowBatch, micros
-
-if TYPE_CHECKING:  # service.py imports this module for its SERVICES map
-    from automations.service import ServiceContext
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 10_000  # apply calls per batch (each released follower chain costs one)
 OPS_PER_CALL = 2_000  # bucket operations per script call (~30-40 ms of Redis at the bench mix)
-DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous call runs)
 YIELD_EVERY = 10  # events matched between yields to the event loop while a call is in flight
 
 
@@ -85,11 +72,11 @@ class Engine:
         self._consumer = StreamConsumer(
             redis, settings, stream=self.keys.events, group=ENGINE_GROUP,
             handler=self.handle_batch, dead_stream=self.keys.dead(self.keys.events),
-            consumer=consumer,
+            consumer=consumer, maxlen=settings.events_maxlen,
         )
         self.announcer = Announcer(redis, settings, keys=self.keys, consumer=consumer,
                                    resource_of=self._resources.get)
-        self._max_future_us = round(settings.max_future_s * 1_000_000)
+        self._intake = Intake(self._planner, settings, self.ordering.waits)
         self.events = 0
         self.fired = 0
         self.rejected = 0
@@ -160,17 +147,21 @@ class Engine:
         return specs
 
     # -- the loop ----------------------------------------------------------------------
-    async def run(self) -> None:
-        """Consume until ``stop()``; held followers past ``follows_wait_s`` are released
-        alongside, and the announcer publishes the firings' events. Both consumers finish
-        the batch in hand."""
+    async def run(self, stopping: anyio.Event | None = None) -> None:
+        """Consume until ``stop()`` (or ``stopping``); held followers past ``follows_wait_s``
+        are released alongside, and the announcer publishes the firings' events. Both
+        consumers finish the batch in hand."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.announcer.run)
-            async with anyio.create_task_group() as releasing:
-                releasing.start_soon(self._release_loop)
-                await self._consumer.run()
-                releasing.cancel_scope.cancel()
-            self.announcer.stop()
+            if stopping is not None:
+                tg.start_soon(stop_when_set, stopping, self.stop)
+            async with anyio.create_task_group() as work:
+                work.start_soon(self.announcer.run)
+                async with anyio.create_task_group() as releasing:
+                    releasing.start_soon(self._release_loop)
+                    await self._consumer.run()
+                    releasing.cancel_scope.cancel()
+                self.announcer.stop()
+            tg.cancel_scope.cancel()
 
     def stop(self) -> None:
         self._consumer.stop()
@@ -206,47 +197,15 @@ class Engine:
     async def handle_batch(self, entries: Sequence[Entry]) -> list[Reject]:
         """One batch: decode -> dedupe -> match -> apply (Lua) -> released followers."""
         now = self.clock()
-        source = _BatchSource(self, entries, now)
+        source = BatchSource(self._intake, entries, now)
         await self._evaluate([], now, source=source)
         self.events += len(entries)
         self.rejected += len(source.rejects)
         return source.rejects
 
-    def _decode(
-        self, entries: Sequence[Entry], now: datetime
-    ) -> tuple[list[Incoming], list[Reject]]:
-        incoming: list[Incoming] = []
-        rejects: list[Reject] = []
-        waits = self.ordering.waits
-        horizon = micros(now) + self._max_future_us
-        for entry in entries:
-            raw = entry.fields.get(b"data")
-            if raw is None:
-                rejects.append(Reject(entry, "stream entry has no 'data' field"))
-                continue
-            try:
-                item = decode_event(raw, self._planner)
-            except InvalidEvent as exc:
-                rejects.append(Reject(entry, f"invalid event: {exc}"))
-                continue
-            if item.occurred_us > horizon:
-                rejects.append(Reject(entry, self._too_far_ahead(item, now)))
-                continue
-            item.waits = waits(entry.id, now)
-            incoming.append(item)
-        return incoming, rejects
-
-    def _too_far_ahead(self, item: Incoming, now: datetime) -> str:
-        ahead = (item.occurred_us - micros(now)) / 1_000_000
-        return (
-            f"invalid event: occurred is {ahead:,.0f} s ahead of the engine's clock "
-            f"(more than AUTOMATIONS_MAX_FUTURE_S={self.settings.max_future_s:g}); "
-            "check the producer's clock"
-        )
-
     async def _evaluate(
         self, incoming: list[Incoming], now: datetime, *, lost: set[str] | None = None,
-        source: _BatchSource | None = None,
+        source: BatchSource | None = None,
     ) -> None:
         """Apply the events in order (``incoming``, then what ``source`` decodes), at most
         ``OPS_PER_CALL`` operations per script call (a script blocks Redis while it runs);
@@ -280,7 +239,7 @@ class Engine:
         raise RuntimeError("follows release did not converge")
 
     def _match(
-        self, incoming: list[Incoming], now: datetime, source: _BatchSource | None = None
+        self, incoming: list[Incoming], now: datetime, source: BatchSource | None = None
     ) -> WindowBatch:
         """One operation per (event, covering trigger), in event order, for a prefix of
         ``incoming`` (at most about ``OPS_PER_CALL`` operations; empty when there is no event).
@@ -288,7 +247,7 @@ class Engine:
         return next(b for b in self._matching(incoming, now, source) if b is not None)
 
     async def _match_beside(
-        self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
+        self, incoming: list[Incoming], now: datetime, source: BatchSource | None
     ) -> WindowBatch:
         """``_match`` while a script call is in flight: it yields to the event loop every few
         events, so the call's request (hundreds of KB) reaches Redis as the socket drains
@@ -300,7 +259,7 @@ class Engine:
         raise AssertionError("_matching ends with its batch")
 
     def _matching(
-        self, incoming: list[Incoming], now: datetime, source: _BatchSource | None
+        self, incoming: list[Incoming], now: datetime, source: BatchSource | None
     ) -> Iterator[WindowBatch | None]:
         """``_match``'s work: ``None`` every ``YIELD_EVERY`` events (a pause), then the batch."""
         batch = WindowBatch(self.keys, iso=now.isoformat())
@@ -342,64 +301,5 @@ class Engine:
                 batch.add_op(number, step.spec, template)
 
 
-class _BatchSource:
-    """A batch's stream entries, decoded (and deduplicated by id) a chunk at a time as the
-    engine matches them, so decoding overlaps the previous script call."""
-
-    def __init__(self, engine: Engine, entries: Sequence[Entry], now: datetime) -> None:
-        self._engine = engine
-        self._entries = entries
-        self._now = now
-        self._at = 0
-        self._seen: set[str] = set()
-        self.rejects: list[Reject] = []
-
-    def decode_into(self, items: list[Incoming]) -> bool:
-        """Append the next decoded events to ``items``; False once every entry is decoded."""
-        while self._at < len(self._entries):
-            chunk = self._entries[self._at:self._at + DECODE_CHUNK]
-            self._at += len(chunk)
-            decoded, rejects = self._engine._decode(chunk, self._now)
-            self.rejects += rejects
-            before = len(items)
-            for item in decoded:
-                if item.id not in self._seen:
-                    self._seen.add(item.id)
-                    items.append(item)
-            if len(items) > before:
-                return True
-        return False
-
-
 def _evaluation_order(step: Step) -> tuple[str, int]:
     return (step.spec.automation_id, step.spec.ordinal)
-
-
-async def _initial_load(
-    ctx: ServiceContext, store: AutomationStore, engine: Engine
-) -> str | None:
-    """Load the automations before the first event is read, waiting for Redis if needed."""
-    backoff = 0.1
-    while not ctx.stopping.is_set():
-        try:
-            return await resync(store, engine)
-        except CONNECTION_ERRORS as exc:
-            log.warning("engine: Redis unreachable while loading automations (%s)", exc)
-            with anyio.move_on_after(backoff):
-                await ctx.stopping.wait()
-            backoff = min(backoff * 2, ctx.settings.reconnect_max_s)
-    return None
-
-
-async def run_engine_service(ctx: ServiceContext) -> None:
-    """The ``engine`` service: load the stored automations, then consume the events stream
-    while following the store's change log (hot reload) until ``ctx.stopping``."""
-    engine = Engine(ctx.redis, ctx.settings, keys=ctx.keys)
-    store = AutomationStore(ctx.redis, ctx.keys)
-    position = await _initial_load(ctx, store, engine)
-    if position is None:
-        return  # stopped before Redis came back
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(follow, store, engine, ctx.stopping, after=position))
-        await run_until(ctx.stopping, engine)
-        tg.cancel_scope.cancel()

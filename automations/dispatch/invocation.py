@@ -1,22 +1,30 @@
-"""From a firing to the actions to run: the plan, each action's triggering event, templates'
-context and target inference (reference sections 3.13 and 5.2).
+"""From a firing to the actions to run (reference sections 3.13, 5.2 and 5.4): the plan, each
+action's triggering event, templates' context, target inference, and the action events
+``prefect.automation.action.triggered`` / ``.executed`` / ``.failed``.
 
 Pure functions of the firing and the automation (plus ports for lazily loaded template
-objects); the dispatcher owns the I/O.
+objects); the dispatcher owns the I/O. Ids are derived from the idempotency key (and
+attempt), so a redelivered action produces the same event ids and the engine's dedupe counts
+them once. Every string that goes into an event passes through the action's ``Redactor``.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from actions.context import AutomationView, Ports
+import orjson
+
 from actions.models import Action
+from actions.secrets import Redactor
 from actions.templating import LAZY_NAMES, EventView, Loader, ResourceView
-from automations.events import RESOURCE_ID, RESOURCE_NAME, RESOURCE_ROLE, Event
+from automations.dispatch.ports import AutomationView, Ports
+from automations.engine.outbox import automation_resource, related_of, triggered_event_json
+from automations.events import RESOURCE_ID, RESOURCE_ROLE, Event
 from triggers.firing import Firing, TriggerState
 
 NAMESPACE = UUID("5b0c5f43-4a5e-4d52-9d58-7e5f2b1a0c11")
@@ -58,38 +66,27 @@ def derived_id(key: str, purpose: str) -> UUID:
     return uuid.uuid5(NAMESPACE, f"{key}:{purpose}")
 
 
-def automation_resource(automation: AutomationView) -> dict[str, str]:
-    """``prefect.automation.<id>`` with name, trigger type and (event triggers) posture."""
-    trigger = automation.trigger
-    resource = {
-        RESOURCE_ID: f"prefect.automation.{automation.id}",
-        RESOURCE_NAME: automation.name,
-        "prefect.trigger-type": trigger.type,
-    }
-    posture = getattr(trigger, "posture", None)
-    if posture is not None:
-        resource["prefect.posture"] = str(posture)
-    return resource
+def _resource(automation: AutomationView) -> dict[str, str]:
+    return automation_resource(automation.id, automation.name, automation.trigger,
+                               trigger_type=True)
 
 
 def state_event(automation: AutomationView, firing: Firing, state: TriggerState) -> Event:
-    """The ``prefect.automation.triggered``/``.resolved`` event of the firing, rebuilt as the
-    engine published it, for ``actions_on_trigger``/``actions_on_resolve``."""
-    resource = automation_resource(automation)
-    resource.pop("prefect.trigger-type")
-    related = []
+    """The ``prefect.automation.triggered``/``.resolved`` event of the firing, exactly as the
+    announcer publishes it (one builder: ``outbox.triggered_event_json``), for
+    ``actions_on_trigger``/``actions_on_resolve``."""
     triggering = firing.triggering_event
-    if triggering and triggering.get("id"):
-        related.append({RESOURCE_ID: f"prefect.event.{triggering['id']}",
-                        RESOURCE_ROLE: "triggering-event"})
-    return Event(
-        id=firing.automation_triggered_event_id or derived_id(str(firing.id), state.value),
-        occurred=firing.triggered,
-        event=f"prefect.automation.{state.value.lower()}",
-        resource=resource,
-        related=related,
-        payload={"triggering_labels": firing.triggering_labels, "triggering_event": triggering},
-    )
+    event_id = firing.automation_triggered_event_id or derived_id(str(firing.id), state.value)
+    shape = {"automation_triggered_event_id": str(event_id), "trigger_states": [state.value],
+             "triggered": firing.model_dump(mode="json")["triggered"],
+             "triggering_labels": firing.triggering_labels}
+    leader = triggering.get("id") if triggering else None
+    made = triggered_event_json(
+        shape, orjson.dumps(triggering) if triggering is not None else None,
+        related_of(str(leader).encode() if leader else None),
+        orjson.dumps(automation_resource(automation.id, automation.name, automation.trigger)))
+    assert made is not None  # the shape names its event id
+    return Event.model_validate_json(made[1])
 
 
 def triggering_event(automation: AutomationView, firing: Firing, planned: Planned) -> Event | None:
@@ -186,3 +183,102 @@ def _related_of_kind(event: Event | None, kind: str) -> ResourceView | None:
         if labels.get(RESOURCE_ID, "").rpartition(".")[0] == kind:
             return ResourceView(labels)
     return None
+
+
+FOLLOWS_WINDOW = timedelta(minutes=5)
+
+TRIGGERED = "prefect.automation.action.triggered"
+EXECUTED = "prefect.automation.action.executed"
+FAILED = "prefect.automation.action.failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One action of one firing, with ids stable across attempts and crashes."""
+
+    automation: AutomationView
+    firing: Firing
+    planned: Planned
+    key: str
+    triggering_event: Event | None
+    id: UUID
+    triggered_event_id: UUID
+
+    @property
+    def action_type(self) -> str:
+        return self.planned.action.type
+
+    @property
+    def index(self) -> int:
+        return self.planned.index
+
+
+def new_invocation(automation: AutomationView, firing: Firing, planned: Planned) -> Invocation:
+    key = idempotency_key(firing.id, planned.index)
+    return Invocation(automation, firing, planned, key,
+                      triggering_event(automation, firing, planned),
+                      derived_id(key, "invocation"), derived_id(key, "triggered"))
+
+
+def _links(inv: Invocation) -> list[dict[str, str]]:
+    related = []
+    if inv.firing.automation_triggered_event_id:
+        related.append({RESOURCE_ID: f"prefect.event.{inv.firing.automation_triggered_event_id}",
+                        RESOURCE_ROLE: "automation-triggered-event"})
+    if inv.triggering_event is not None:
+        related.append({RESOURCE_ID: f"prefect.event.{inv.triggering_event.id}",
+                        RESOURCE_ROLE: "triggering-event"})
+    return related
+
+
+def _payload(inv: Invocation) -> dict[str, Any]:
+    return {"action_index": inv.index, "action_type": inv.action_type,
+            "invocation": str(inv.id)}
+
+
+def action_triggered(inv: Invocation) -> Event:
+    follows = None
+    event = inv.triggering_event
+    if event is not None and abs(event.occurred - inv.firing.triggered) <= FOLLOWS_WINDOW:
+        follows = event.id
+    return Event(
+        id=inv.triggered_event_id, occurred=inv.firing.triggered, event=TRIGGERED,
+        resource=_resource(inv.automation), related=_links(inv),
+        payload=_payload(inv), follows=follows,
+    )
+
+
+def action_outcome(
+    inv: Invocation,
+    *,
+    now: datetime,
+    attempt: int,
+    details: dict[str, Any],
+    related: Sequence[dict[str, str]] = (),
+    reason: str | None = None,
+    message: str | None = None,
+    will_retry: bool = False,
+    redactor: Redactor,
+) -> Event:
+    """``.executed`` (no ``reason``) or ``.failed``; ``payload.reason`` is the ``Reason``
+    value, ``payload.message`` the readable cause, ``will_retry`` whether another attempt
+    follows."""
+    payload: dict[str, Any] = {**_payload(inv), **details, "attempt": attempt}
+    if reason is not None:
+        payload.update(reason=reason, message=message or reason, will_retry=will_retry)
+    return Event(
+        id=derived_id(inv.key, f"outcome:{attempt}"), occurred=now,
+        event=FAILED if reason is not None else EXECUTED,
+        resource=_resource(inv.automation),
+        related=[*related, *_links(inv)],
+        payload=scrub(payload, redactor),
+        follows=inv.triggered_event_id,
+    )
+
+
+def scrub(value: Any, redactor: Redactor) -> Any:
+    """``value`` as plain JSON with every secret masked (one JSON round trip: cheap and
+    exhaustive; anything an executor put in its details that is not JSON becomes a string, so
+    building the event after an effect can never fail)."""
+    text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.loads(redactor.redact(text) if redactor else text)

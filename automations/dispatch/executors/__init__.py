@@ -4,7 +4,7 @@ Adding an action type is one small module with ``async def execute(action, ctx) 
 ActionResult`` plus one line here. An executor raises ``actions.outcome.TransientError`` or
 ``PermanentError`` on failure; anything else it raises is treated as a transient bug
 (``Reason.INTERNAL``). It never retries, sleeps or records idempotency itself: the dispatcher's
-pipeline does that (``actions/dispatcher.py``).
+pipeline does that (``automations/dispatch/dispatcher.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from actions.context import ActionContext, ActionResult
-from actions.executors import automations, deployments, flow_runs, notify, webhook
+from automations.dispatch.executors import automations, deployments, flow_runs, notify, webhook
+from automations.dispatch.ports import ActionContext, ActionResult
 
 Executor = Callable[[Any, ActionContext], Awaitable[ActionResult]]
 """``execute(action, ctx)``; the action is the model of the type it is registered under."""

@@ -1,13 +1,14 @@
 """The action dispatcher: firings stream in, actions out, each exactly once in effect.
 
 ``Dispatcher.run()`` consumes ``<p>:firings`` (group ``dispatch``; any number of dispatchers
-share it) through ``automations.bus.StreamConsumer`` and, beside it, claims due retries from
-the ``RetryQueue``. A batch's firings run concurrently (at most ``action_concurrency`` actions
-at once); the batch is acked when every first attempt has ended (each bounded by
-``action_timeout_s``): transient failures continue as delayed retry jobs, never as sleeps.
+share it) through ``automations.streams.consumer.StreamConsumer`` and, beside it, claims due
+retries from the ``RetryQueue``. A batch's firings run concurrently (at most
+``action_concurrency`` actions at once); the batch is acked when every first attempt has ended
+(each bounded by ``action_timeout_s``): transient failures continue as delayed retry jobs,
+never as sleeps.
 
 One action runs through ``run_action``, the whole pipeline in one function:
-idempotency check -> action.triggered (one script for a whole batch: ``actions/idempotency``)
+idempotency check -> action.triggered (one script for a whole batch: ``ledger``)
 -> render -> execute (timeout, classified outcome) -> record done + action.executed | schedule
 retry + action.failed | dead letter + action.failed. While a batch runs, its entries are kept
 claimed (XCLAIM JUSTID), so a slow batch is never reclaimed and repeated by another reader.
@@ -38,23 +39,30 @@ import anyio
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from actions import action_events
-from actions.action_events import Invocation, new_invocation
-from actions.context import ActionContext, ActionResult, AutomationView, Clients, Ports
-from actions.executors import EXECUTORS, Executor
-from actions.idempotency import DONE, GAVE_UP, Ledger
-from actions.invocation import plan_actions, template_context
-from actions.logs import SecretSafeLogs
-from actions.notifiers import NotifierPool
 from actions.outcome import ActionError, PermanentError, Reason, TransientError
-from actions.retry import RetryJob, RetryQueue, backoff
 from actions.secrets import Redactor
 from actions.templating import TemplateEngine, Templates, render_action
-from automations.bus import CONNECTION_ERRORS, Entry, Reject, StreamConsumer
+from automations.connection import CONNECTION_ERRORS
+from automations.dispatch.executors import EXECUTORS, Executor
+from automations.dispatch.invocation import (
+    Invocation,
+    action_outcome,
+    action_triggered,
+    new_invocation,
+    plan_actions,
+    template_context,
+)
+from automations.dispatch.ledger import DONE, GAVE_UP, Ledger
+from automations.dispatch.logs import SecretSafeLogs
+from automations.dispatch.notifiers import NotifierPool
+from automations.dispatch.ports import ActionContext, ActionResult, AutomationView, Clients, Ports
+from automations.dispatch.retries import RetryJob, RetryQueue, backoff
+from automations.engine.outbox import OutboxEntryError, firings_of
 from automations.events import Event, format_validation_error, utcnow
 from automations.keys import DISPATCH_GROUP, Keys
 from automations.settings import Settings
-from triggers.firing import Firing, OutboxEntryError, firings_of
+from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
+from triggers.firing import Firing
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +97,7 @@ class Dispatcher:
             StreamConsumer(
                 redis, settings, stream=self.keys.firings, group=DISPATCH_GROUP,
                 handler=self._handler_for(reader), dead_stream=self.keys.dead(self.keys.firings),
-                consumer=reader,
+                consumer=reader, maxlen=settings.firings_maxlen,
             )
             for reader in ([name] if settings.dispatch_readers == 1 else
                            [f"{name}-{i}" for i in range(settings.dispatch_readers)])
@@ -137,16 +145,19 @@ class Dispatcher:
         for consumer in self.consumers:
             consumer.stop()
 
-    async def run(self) -> None:
-        """Consume firings and run due retries until ``stop()``; finishes the work in hand."""
-        await self.consumers[0].ensure_group()
+    async def run(self, stopping: anyio.Event | None = None) -> None:
+        """Consume firings and run due retries until ``stop()`` (or ``stopping``); finishes
+        the work in hand."""
         async with anyio.create_task_group() as tg:
-            # Apprise's plugins load in a thread meanwhile (half a second, once per process).
-            tg.start_soon(NotifierPool.warm_up)
-            tg.start_soon(self._retry_loop)
-            async with anyio.create_task_group() as readers:
+            if stopping is not None:
+                tg.start_soon(stop_when_set, stopping, self.stop)
+            async with anyio.create_task_group() as work:
+                # Apprise's plugins load in a thread meanwhile (half a second, once a process).
+                work.start_soon(NotifierPool.warm_up)
+                work.start_soon(self._retry_loop)
                 for consumer in self.consumers:
-                    readers.start_soon(consumer.run)
+                    work.start_soon(consumer.run)
+            tg.cancel_scope.cancel()
 
     async def _retry_loop(self) -> None:
         """Claim due retries while action slots are free; Redis being away only pauses it."""
@@ -249,7 +260,7 @@ class Dispatcher:
                 rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
         # The batch's idempotency checks and action.triggered events: one script call.
         fresh = await self.ledger.begin(
-            [(inv.key, action_events.triggered(inv)) for inv in invocations])
+            [(inv.key, action_triggered(inv)) for inv in invocations])
         self.counts["skipped"] += fresh.count(False)
         async with anyio.create_task_group() as tg:
             for inv, new in zip(invocations, fresh, strict=True):
@@ -309,7 +320,7 @@ class Dispatcher:
         render -> execute -> commit: done + .executed | retry job + .failed | dead letter."""
         if not begun:
             [fresh] = await self.ledger.begin(
-                [(inv.key, action_events.triggered(inv) if attempt == 1 else None)])
+                [(inv.key, action_triggered(inv) if attempt == 1 else None)])
             if not fresh:
                 self.counts["skipped"] += 1
                 if job is not None:
@@ -350,13 +361,13 @@ class Dispatcher:
         effect from being recorded, so it degrades to an event without the result."""
         now = self.clock()
         try:
-            return action_events.outcome(inv, now=now, attempt=ctx.attempt,
+            return action_outcome(inv, now=now, attempt=ctx.attempt,
                                          details=result.details, related=result.related,
                                          redactor=ctx.redactor)
         except Exception as exc:
             problem = ctx.redactor.redact(f"{type(exc).__name__}: {exc}")
             log.error("action %s: unusable result from %s: %s", inv.key, inv.action_type, problem)
-            return action_events.outcome(inv, now=now, attempt=ctx.attempt,
+            return action_outcome(inv, now=now, attempt=ctx.attempt,
                                          details={"result_error": problem}, redactor=ctx.redactor)
 
     def _context(self, inv: Invocation, attempt: int) -> ActionContext:
@@ -403,7 +414,7 @@ class Dispatcher:
             retry_after = exc.retry_after if isinstance(exc, TransientError) else None
             delay = backoff(ctx.attempt, self.settings, self._rng, retry_after)
             details["retry_in_s"] = round(delay, 3)
-        failed = action_events.outcome(
+        failed = action_outcome(
             inv, now=self.clock(), attempt=ctx.attempt, details=details, reason=exc.reason.value,
             message=message, will_retry=retry, redactor=ctx.redactor)
         log.warning("action %s (%s) of automation %s failed (attempt %d, %s): %s", inv.key,

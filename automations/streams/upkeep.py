@@ -15,7 +15,7 @@ from automations.errors import AutomationsError
 from automations.keys import Keys
 
 if TYPE_CHECKING:  # pragma: no cover
-    from automations.bus import Entry
+    from automations.streams.consumer import Entry
 
 MIN_REDIS = (6, 2)
 TRIM_STEP = 2000  # surplus entries a trim finds exactly (read once by one XRANGE)

@@ -1,0 +1,247 @@
+"""The outbox: a firing's wire format on the firings stream, its triggered event, and the
+announcer that publishes that event.
+
+A firings-stream entry is either
+
+- **the engine's form**: ``firings`` = a JSON list of firings without their
+  ``triggering_event``, ``event`` = that event's JSON and ``event_id`` its id (both absent
+  when the firings have no event). Firings caused by one event share one entry, so the ~1 KB
+  event is stored once, not once per automation it fires. A composite firing's direct
+  ``triggering_firings`` caused by that same event leave out their ``triggering_event`` too
+  (those from earlier events carry theirs). The window script writes these entries
+  (``lua/common.lua``: ``firing_json``, ``publish``) in the shape ``ready_firing_json`` below
+  builds for the firings the engine writes itself; or
+- **one firing**: ``data`` = ``Firing.to_json()`` (what tools and tests write by hand).
+
+``firings_of`` reads both. Each engine firing names the id of its
+``prefect.automation.triggered``/``resolved`` event (``triggered_event_json``); engines read
+the outbox with their own consumer group (``announce``) and append those events to the events
+stream, so the per-firing copy of the triggering event stays out of the script every engine
+waits on.
+
+Once: one script per batch appends its events, records ``last_fired`` and acks the batch, so a
+crash announces a batch wholly or not at all (it is then redelivered). Only an entry taken
+over from a live but stalled announcer (idle past ``claim_idle_ms``) can be announced twice,
+with the same event ids, which the engine's dedupe skips. Firings written by hand as ``data``
+entries are dispatched but not announced: they did not come from an engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import orjson
+import redis.asyncio as aioredis
+
+from automations.events import RESOURCE_ID, RESOURCE_NAME
+from automations.keys import ANNOUNCE_GROUP, Keys
+from automations.settings import Settings
+from automations.streams.consumer import Entry, Reject, StreamConsumer
+from triggers.firing import Firing
+from triggers.models import EventTrigger, Trigger
+
+log = logging.getLogger(__name__)
+
+
+def automation_resource(
+    automation_id: UUID, name: str, trigger: Trigger, *, trigger_type: bool = False
+) -> dict[str, str]:
+    """The resource of an automation's events: id, name and, for event triggers, posture
+    (reference 3.13); action events add ``prefect.trigger-type`` (reference 5.4)."""
+    resource = {RESOURCE_ID: f"prefect.automation.{automation_id}", RESOURCE_NAME: name}
+    if trigger_type:
+        resource["prefect.trigger-type"] = trigger.type
+    if isinstance(trigger, EventTrigger):
+        resource["prefect.posture"] = trigger.posture.value
+    return resource
+
+
+def ready_firing_json(
+    firing_id: str, ids_json: str, triggered: str, labels_json: str, event_id: str
+) -> str:
+    """A Triggered top-level firing in the engine's form (no ``triggering_event``: the
+    entry's). ``ids_json`` holds its ``automation_id`` and ``trigger_id`` fields."""
+    return (
+        f'{{"id":"{firing_id}",{ids_json},"trigger_states":["Triggered"],'
+        f'"triggered":"{triggered}","triggering_labels":{labels_json},'
+        f'"triggering_firings":[],"automation_triggered_event_id":"{event_id}"}}'
+    )
+
+
+class OutboxEntryError(ValueError):
+    """A firings-stream entry that is not a firing (the dispatcher dead-letters it)."""
+
+
+def outbox_parts(fields: Mapping[bytes, bytes]) -> tuple[list[dict[str, Any]], bytes | None]:
+    """The raw firings of an entry (dicts, as written) and the JSON of their shared triggering
+    event (``None`` for a ``data`` entry, whose firing carries its own)."""
+    raw = fields.get(b"firings")
+    if raw is not None:
+        items = _json(raw, "firings")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise OutboxEntryError("invalid firing: 'firings' is not a JSON list of objects")
+        return items, fields.get(b"event")
+    data = fields.get(b"data")
+    if data is None:
+        raise OutboxEntryError("firing entry has no 'firings' or 'data' field")
+    item = _json(data, "data")
+    if not isinstance(item, dict):
+        raise OutboxEntryError("invalid firing: 'data' is not a JSON object")
+    return [item], None
+
+
+def _json(raw: bytes, name: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OutboxEntryError(f"invalid firing: {name!r} is not JSON: {exc}") from None
+
+
+def firings_of(fields: Mapping[bytes, bytes]) -> list[Firing]:
+    """Every firing of one firings-stream entry, with its triggering event filled in.
+
+    Raises ``OutboxEntryError`` for an entry that is not one, pydantic's ``ValidationError``
+    for a firing that does not validate."""
+    return [Firing.model_validate(item) for item in firing_dicts(fields)]
+
+
+def firing_dicts(fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
+    """``firings_of`` without the validation: the firings as JSON dicts."""
+    items, event_raw = outbox_parts(fields)
+    if event_raw is not None:
+        event = _json(event_raw, "event")
+        for item in items:
+            _with_event(item, event)
+    return items
+
+
+def firing_count(fields: Mapping[bytes, bytes]) -> int:
+    """How many firings an entry holds (decoding only the list, not the event)."""
+    return len(outbox_parts(fields)[0])
+
+
+def _with_event(firing: dict[str, Any], event: Any) -> None:
+    """Fill in the entry's event where the engine's short form leaves it out: the firing's own
+    and that of its direct child firings without one."""
+    firing["triggering_event"] = event
+    for child in firing.get("triggering_firings") or ():
+        if isinstance(child, dict) and "triggering_event" not in child:
+            child["triggering_event"] = event
+
+
+EVENT_NAMES = {"Triggered": b"prefect.automation.triggered",
+               "Resolved": b"prefect.automation.resolved"}
+
+
+def related_of(event_id: bytes | None) -> bytes:
+    """The ``related`` list of an announcement: the triggering event, when there is one."""
+    if not event_id:
+        return b"[]"
+    return orjson.dumps([{"prefect.resource.id": f"prefect.event.{event_id.decode()}",
+                          "prefect.resource.role": "triggering-event"}])
+
+
+def triggered_event_json(
+    firing: dict[str, Any], event_raw: bytes | None, related: bytes, resource: bytes | None
+) -> tuple[bytes, bytes] | None:
+    """``(event id, event JSON)`` of the ``prefect.automation.triggered``/``resolved`` event
+    (reference 3.13) of one firing (``None`` if it names no event id).
+    ``resource``: the automation's (id, name, posture); only its id when it is unknown here
+    (deleted since it fired)."""
+    event_id = firing.get("automation_triggered_event_id")
+    if not isinstance(event_id, str):
+        return None
+    states = firing.get("trigger_states") or ["Triggered"]
+    name = EVENT_NAMES.get(states[0], EVENT_NAMES["Triggered"])
+    if resource is None:
+        resource = orjson.dumps(
+            {"prefect.resource.id": f"prefect.automation.{firing.get('automation_id')}"})
+    data = b"".join((
+        b'{"id":', orjson.dumps(event_id), b',"occurred":', orjson.dumps(firing.get("triggered")),
+        b',"event":"', name, b'","resource":', resource,
+        b',"related":', related,
+        b',"payload":{"triggering_labels":', orjson.dumps(firing.get("triggering_labels") or {}),
+        b',"triggering_event":', event_raw if event_raw is not None else b"null",
+        b'},"follows":null}',
+    ))
+    return event_id.encode(), data
+
+
+# ARGV: events stream, last_fired hash, firings stream, group, #events, #last_fired pairs,
+# then (event id, JSON) pairs, (automation id, ISO) pairs, and the entry ids to ack.
+ANNOUNCE_LUA = """
+local ne, nl = tonumber(ARGV[5]), tonumber(ARGV[6])
+local at = 7
+for _ = 1, ne do
+  redis.call('XADD', ARGV[1], '*', 'data', ARGV[at + 1], 'id', ARGV[at])
+  at = at + 2
+end
+local last = at + 2 * nl - 1
+for j = at, last, 1000 do  -- (unpack has a limit: 500 pairs, 1,000 ids a call)
+  redis.call('HSET', ARGV[2], unpack(ARGV, j, math.min(j + 999, last)))
+end
+for j = last + 1, #ARGV, 1000 do
+  redis.call('XACK', ARGV[3], ARGV[4], unpack(ARGV, j, math.min(j + 999, #ARGV)))
+end
+return ne
+"""
+
+
+class Announcer:
+    """Consumes the outbox (group ``announce``) and publishes every engine firing's event."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, keys: Keys,
+                 resource_of: Callable[[str], bytes | None], consumer: str | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.resource_of = resource_of
+        self._script = redis.register_script(ANNOUNCE_LUA)
+        self.announced = 0
+        self.consumer = StreamConsumer(
+            redis, settings, stream=keys.firings, group=ANNOUNCE_GROUP,
+            handler=self.handle_batch, dead_stream=keys.dead(keys.firings), consumer=consumer,
+            maxlen=settings.firings_maxlen, handler_acks=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"Announcer(announced={self.announced}, {self.consumer!r})"
+
+    async def run(self) -> None:
+        await self.consumer.run()
+
+    def stop(self) -> None:
+        self.consumer.stop()
+
+    async def run_until_idle(self) -> int:
+        return await self.consumer.run_until_idle()
+
+    async def handle_batch(self, entries: Sequence[Entry]) -> list[Reject]:
+        """One script call for the batch: its events, ``last_fired`` (for ``ls``) per
+        automation, and the ack of every entry (the consumer does not ack them again)."""
+        events: list[bytes] = []
+        last_fired: dict[str, str] = {}
+        for entry in entries:
+            if b"firings" not in entry.fields:
+                continue  # a hand-written `data` firing: nothing to announce
+            try:
+                items, event_raw = outbox_parts(entry.fields)
+            except OutboxEntryError as exc:  # the dispatcher dead-letters it
+                log.warning("outbox entry %s not announced: %s", entry.id, exc)
+                continue
+            related = related_of(entry.fields.get(b"event_id"))
+            for item in items:
+                last_fired[str(item.get("automation_id"))] = str(item.get("triggered"))
+                made = triggered_event_json(item, event_raw, related,
+                                            self.resource_of(str(item.get("automation_id"))))
+                if made is not None:
+                    events += made
+        pairs = [part for item in last_fired.items() for part in item]
+        await self._script(args=[
+            self.keys.events, self.keys.last_fired, self.keys.firings, ANNOUNCE_GROUP,
+            len(events) // 2, len(last_fired), *events, *pairs, *[entry.id for entry in entries],
+        ])
+        self.announced += len(events) // 2
+        return []
