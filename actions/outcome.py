@@ -48,7 +48,7 @@ class Reason(StrEnum):
     MISSING_SECRET = "missing-secret"
     """A referenced block / secret is not stored and not in the environment."""
     INVALID_TARGET = "invalid-target"
-    """A target URL that Apprise or httpx cannot use."""
+    """A target URL that Apprise or the HTTP client cannot use, or a non-HTTP webhook URL."""
     UNSUPPORTED = "unsupported"
     """No executor (or no runtime port) for this action type."""
     INTERNAL = "internal"

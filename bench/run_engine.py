@@ -1,5 +1,5 @@
 """Child process: one engine on a prefix, driven by ``bench.procs``. Uses only the public
-``Engine`` API (contract 4): ``load`` then ``run`` until SIGTERM, then ``stop``.
+``Engine`` API: ``load``, then ``run`` until SIGTERM.
 
 ``python -m bench.run_engine --redis-url URL --prefix P --automations FILE [--consumer NAME]``
 """

@@ -1,21 +1,11 @@
-"""Stream upkeep shared by the consumer and the publishers: the server version gate, safe
-trimming (never past an entry a group still needs) and event-id dedupe markers.
-
-A leaf like ``bus``: it imports only ``errors`` and ``keys`` of ours.
-"""
+"""Stream upkeep shared by the consumer and the publishers: the server version gate and safe
+trimming (never past an entry a group still needs)."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
 from automations.errors import AutomationsError
-from automations.keys import Keys
-
-if TYPE_CHECKING:  # pragma: no cover
-    from automations.streams.consumer import Entry
 
 MIN_REDIS = (6, 2)
 TRIM_STEP = 2000  # surplus entries a trim finds exactly (read once by one XRANGE)
@@ -82,44 +72,7 @@ end
 return redis.call('XTRIM', stream, 'MINID', '~', string.format('%d-%d', cut_ms, cut_seq))
 """
 
-# For each (event id, stream entry id): 1 when this entry is the event's first delivery (or a
-# redelivery of that same entry), 0 when another entry already carried the same event id.
-DEDUPE_SCRIPT = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local entry = ARGV[i + 1]
-  if redis.call('SET', key, entry, 'NX', 'EX', ARGV[1]) then
-    out[i] = 1
-  elseif redis.call('GET', key) == entry then
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-
-
 async def trim_acknowledged(client: aioredis.Redis, stream: str, maxlen: int) -> int:
     """Trim ``stream`` towards ``maxlen`` without dropping anything a group still needs."""
     removed = await client.eval(TRIM_SCRIPT, 1, stream, maxlen, TRIM_STEP)
     return int(removed)
-
-
-async def dedupe(
-    client: aioredis.Redis, keys: Keys, entries: Sequence[Entry], ttl_s: int
-) -> list[Entry]:
-    """Entries whose event id (field ``id``) was not already carried by another entry.
-
-    One round trip per batch. A redelivered entry stays (its marker holds its own stream id),
-    so a crash between marking and acking never loses the event.
-    """
-    if not entries:
-        return []
-    marked = [e for e in entries if b"id" in e.fields]
-    if not marked:
-        return list(entries)
-    names = [keys.seen(e.fields[b"id"].decode()) for e in marked]
-    flags = await client.eval(DEDUPE_SCRIPT, len(names), *names, ttl_s, *[e.id for e in marked])
-    dropped = {e.id for e, flag in zip(marked, flags, strict=True) if not int(flag)}
-    return [e for e in entries if e.id not in dropped]
