@@ -1,4 +1,4 @@
-"""Action models (re-exported); executors and the dispatcher live in submodules."""
+"""Action models (re-exported). Pure: running actions is ``automations.dispatch``."""
 
 from actions.models import (
     Action,

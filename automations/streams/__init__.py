@@ -1,1 +1,2 @@
-"""x"""
+"""Streams: the one consume loop (``consumer``), publishing (``publish``) and trimming
+(``upkeep``)."""
