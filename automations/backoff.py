@@ -1,11 +1,11 @@
 """The one retry policy for Redis outages: capped exponential delays, logged once per outage.
 
 Every loop that must outlive Redis going away (consumers, the timer, the scheduler, hot
-reload, the dispatcher's retry queue, start-up) holds a ``Backoff``: ``await wait(exc)``
-after a failure, ``recovered()`` after a success. The first failure of an outage is logged at
-WARNING, the recovery once with how long it took; the tries in between are silent, so one
-outage is two lines, not dozens. ``retry`` runs one call under the same policy until it
-succeeds or a deadline passes.
+reload, the dispatcher's retry queue, the flow-events sink, the worker, start-up) holds a
+``Backoff``: ``await wait(exc)`` after a failure, ``recovered()`` after a success. The first
+failure of an outage is logged at WARNING, the recovery once with how long it took; the tries
+in between are silent, so one outage is two lines, not dozens. ``retry`` runs one call under
+the same policy until it succeeds or a deadline passes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Backoff:
         self.cap_s = cap_s
         self.log = logger
         self.attempts = 0
-        self.since = 0.0
+        self.since: float | None = None  # when the outage now logged began
 
     def __repr__(self) -> str:
         return f"Backoff({self.what!r}, attempts={self.attempts})"
@@ -46,9 +46,13 @@ class Backoff:
     def failing(self) -> bool:
         return self.attempts > 0
 
-    def next_delay(self, exc: BaseException) -> float:
-        """Count a failure (logged when it starts an outage); the delay before the next try."""
-        if self.attempts == 0:
+    def next_delay(self, exc: BaseException, *, outage: bool = True) -> float:
+        """Count a failure (logged when it starts an outage); the delay before the next try.
+
+        ``outage=False``: a failure the caller reports itself (a bug, with its traceback); it
+        still lengthens the delays, so a failure that repeats does not spin or flood the log.
+        """
+        if outage and self.since is None:
             self.since = time.monotonic()
             self.log.warning("%s: Redis unreachable (%s: %s); retrying with backoff", self.what,
                              type(exc).__name__, exc)
@@ -56,9 +60,10 @@ class Backoff:
         delay: float = min(self.first_s * 2.0 ** (self.attempts - 1), self.cap_s)
         return delay
 
-    async def wait(self, exc: BaseException, stopping: anyio.Event | None = None) -> None:
+    async def wait(self, exc: BaseException, stopping: anyio.Event | None = None, *,
+                   outage: bool = True) -> None:
         """Sleep the next delay (returning early once ``stopping`` is set)."""
-        delay = self.next_delay(exc)
+        delay = self.next_delay(exc, outage=outage)
         if stopping is None:
             await anyio.sleep(delay)
             return
@@ -67,10 +72,16 @@ class Backoff:
 
     def recovered(self) -> None:
         """A success: ends the outage (logged once) and resets the delays."""
-        if self.attempts:
+        if self.since is not None:
             self.log.warning("%s: Redis reachable again after %.1f s", self.what,
-                          time.monotonic() - self.since)
-            self.attempts = 0
+                             time.monotonic() - self.since)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the first delay without a recovery line (no outage was logged, or the
+        caller reports the success itself)."""
+        self.attempts = 0
+        self.since = None
 
 
 async def retry(call: Callable[[], Awaitable[T]], backoff: Backoff, *,

@@ -21,17 +21,15 @@ from typing import Protocol
 from uuid import UUID
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS
 from automations.models import Automation
 from automations.store import DELETE, AutomationChange, AutomationStore
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 500
-BACKOFF_START_S = 0.1
-BACKOFF_MAX_S = 5.0
 
 
 class ReloadTarget(Protocol):
@@ -55,11 +53,12 @@ async def follow(
 ) -> None:
     """Apply store changes to ``engine`` until ``stopping`` is set.
 
-    With ``after=None`` (the usual call) it first loads every enabled automation into the
-    engine (``engine.load``) from an atomic snapshot; with a log id it only tails from there.
+    With a log id (the engine service passes the one its start-up load reflects) it tails
+    from there; with ``after=None`` it first loads every enabled automation into the engine
+    (``engine.load``) from an atomic snapshot.
     """
     position = after
-    backoff = BACKOFF_START_S
+    redis_backoff = Backoff("automations reload", logger=log)
     while not stopping.is_set():
         try:
             if position is None:
@@ -72,13 +71,9 @@ async def follow(
             for change in changes:
                 await apply_change(engine, change)
             position = last
-            backoff = BACKOFF_START_S
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            log.warning("automations reload: Redis unavailable (%s); retrying in %.1fs",
-                        exc, backoff)
-            with anyio.move_on_after(backoff):
-                await stopping.wait()
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            redis_backoff.recovered()
+        except CONNECTION_ERRORS as exc:
+            await redis_backoff.wait(exc, stopping)
             position = None  # Redis may have restarted without its data: reload it all
 
 
@@ -100,7 +95,7 @@ async def apply_change(engine: ReloadTarget, change: AutomationChange) -> None:
             await engine.remove(change.automation_id)
         else:  # a paused automation is upserted disabled: evaluation stops, state is kept
             await engine.upsert(automation, trigger_changed=change.trigger_changed)
-    except (RedisConnectionError, RedisTimeoutError, OSError):
+    except CONNECTION_ERRORS:
         raise  # ``follow`` retries and resynchronises
     except Exception:  # the engine service must outlive one bad change; it is logged in full
         log.exception("automations reload: applying %s %s failed", change.kind,

@@ -56,7 +56,8 @@ async def run_engine(ctx: ServiceContext) -> None:
     store's change log (hot reload) until ``ctx.stopping``."""
     engine = Engine(ctx.redis, ctx.settings, keys=ctx.keys)
     store = AutomationStore(ctx.redis, ctx.keys)
-    backoff = Backoff("engine: loading automations", cap_s=ctx.settings.reconnect_max_s)
+    backoff = Backoff("engine: loading automations", cap_s=ctx.settings.reconnect_max_s,
+                      logger=log)
     position: str | None = None
     async with anyio.create_task_group() as loading:  # a stop request ends the wait for Redis
         loading.start_soon(_cancel_when_set, ctx.stopping, loading.cancel_scope)
@@ -135,7 +136,8 @@ async def wait_for_redis(
 ) -> bool:
     """Ping with capped backoff until Redis answers (logged once), then check its version.
     False when asked to stop first."""
-    backoff = Backoff(f"waiting for Redis at {url}", first_s=0.1, cap_s=settings.reconnect_max_s)
+    backoff = Backoff(f"waiting for Redis at {url}", first_s=0.1, cap_s=settings.reconnect_max_s,
+                      logger=log)
     while not stopping.is_set():
         try:
             await require_redis_version(client)

@@ -43,7 +43,7 @@ class Scheduler:
 
     async def run(self, stopping: anyio.Event) -> None:
         """Tick every ``scheduler_interval_s`` until ``stopping``; outages only pause it."""
-        backoff = Backoff("scheduler", logger=log)
+        backoff = Backoff("scheduler", cap_s=self.settings.reconnect_max_s, logger=log)
         while not stopping.is_set():
             try:
                 await self.tick(utcnow())

@@ -15,7 +15,10 @@ import threading
 import time
 from collections import deque
 
-from automations.connection import connect
+from redis.exceptions import ResponseError
+
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS, connect
 from automations.events import Event
 from automations.settings import Settings
 from automations.streams.publish import Publisher
@@ -23,8 +26,8 @@ from automations.streams.publish import Publisher
 log = logging.getLogger(__name__)
 
 _BATCH = 500
-_BACKOFF_MIN_S = 0.1
-_BACKOFF_MAX_S = 2.0
+# Redis away, or refusing writes for now (OOM, READONLY): the events wait in the buffer.
+_OUTAGE: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, ResponseError)
 
 
 class EventSink:
@@ -38,7 +41,6 @@ class EventSink:
         self._closing = False
         self._abandon = False
         self._dropped = 0
-        self._failing = False
         self.published = 0
         self._thread = threading.Thread(target=self._main, name="automations-events", daemon=True)
         self._thread.start()
@@ -114,25 +116,26 @@ class EventSink:
     async def _run(self) -> None:
         redis = connect(self._settings)
         publisher = Publisher(redis, self._settings)
-        backoff = _BACKOFF_MIN_S
+        # A short cap: the flow's process waits at most flow_flush_timeout_s for the buffer.
+        redis_backoff = Backoff("flow events (buffering them)", first_s=0.1, cap_s=2.0,
+                                logger=log)
         try:
             while (batch := self._next_batch()) is not None:
                 if not batch:
                     continue
                 try:
                     await publisher.publish(batch)
-                except Exception as exc:  # Redis away or refusing: keep the events, retry later
+                except _OUTAGE as exc:
                     self._settle(batch, ok=False)
-                    if not self._failing:
-                        log.warning("cannot publish flow events (%s); buffering them", exc)
-                        self._failing = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                    await redis_backoff.wait(exc)
+                    continue
+                except Exception as exc:  # a bug; keep the events all the same, retry later
+                    self._settle(batch, ok=False)
+                    if not redis_backoff.failing:
+                        log.exception("cannot publish flow events; buffering them")
+                    await redis_backoff.wait(exc, outage=False)
                     continue
                 self._settle(batch, ok=True)
-                if self._failing:
-                    log.warning("publishing flow events again")
-                    self._failing = False
-                backoff = _BACKOFF_MIN_S
+                redis_backoff.recovered()
         finally:
             await redis.aclose()

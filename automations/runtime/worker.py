@@ -18,6 +18,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from uuid import UUID
 
 import anyio
@@ -25,6 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from anyio.abc import Process, TaskGroup
 
+from automations.backoff import Backoff, retry
 from automations.connection import CONNECTION_ERRORS, redis_url
 from automations.errors import NotFound
 from automations.events import utcnow
@@ -223,18 +225,13 @@ class Worker:
             return state if run.state.id == running.state_id else None
 
         lease = self.lease_ms if holds_worker(state) else 0
-        delay = 0.1
-        while True:  # Redis away for a moment must not lose the run's final state
-            try:
-                new = await self.store.transition(run_id, decide, lease_ms=lease,
-                                                  update=lambda r: {"run_count": run_count})
-                break
-            except CONNECTION_ERRORS as exc:
-                if delay > self.settings.worker_lease_s:
-                    raise
-                log.warning("flow run %s: cannot record %s yet (%s)", run_id, state.name, exc)
-                await anyio.sleep(delay)
-                delay *= 2
+        # Redis away for a moment must not lose the run's final state (tried for a lease's time).
+        new = await retry(
+            partial(self.store.transition, run_id, decide, lease_ms=lease,
+                    update=lambda r: {"run_count": run_count}),
+            Backoff(f"flow run {run_id}: recording {state.name}", first_s=0.1,
+                    cap_s=self.settings.reconnect_max_s, logger=log),
+            deadline_s=self.settings.worker_lease_s)
         if new is not None:
             running.state_id = new.state.id
 
@@ -255,18 +252,18 @@ class Worker:
 
     # -- housekeeping -----------------------------------------------------------------
     async def _housekeeping(self) -> None:
-        failing = False
+        redis_backoff = Backoff("worker housekeeping", cap_s=self.settings.reconnect_max_s,
+                                logger=log)
         while True:
             try:
                 await self._heartbeat()
                 await self.store.promote_due(utcnow())
                 for run in await self.store.sweep_crashed():
                     log.warning("flow run %s (%s) is %s", run.name, run.id, run.state.name)
-                failing = False
             except CONNECTION_ERRORS as exc:
-                if not failing:
-                    log.warning("worker: Redis unavailable (%s); retrying", exc)
-                failing = True
+                await redis_backoff.wait(exc)
+                continue
+            redis_backoff.recovered()
             await anyio.sleep(self.settings.worker_poll_s)
 
     async def _heartbeat(self) -> None:

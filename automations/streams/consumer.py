@@ -108,7 +108,9 @@ class StreamConsumer:
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_trim = 0.0
-        self._failed_in_row = 0
+        # Paces the retries of a failing batch; reset by the next batch that succeeds.
+        self._handler_backoff = Backoff(f"{stream}/{group} handler",
+                                        cap_s=settings.reconnect_max_s, logger=log)
         self._last_error: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -282,7 +284,7 @@ class StreamConsumer:
         except Exception as exc:
             await self._handler_failed(entries, exc)
             return
-        self._failed_in_row = 0
+        self._handler_backoff.reset()
         rejected = {r.entry.id for r in rejects}
         if rejects:
             await self._dead_letter(list(rejects))
@@ -297,7 +299,6 @@ class StreamConsumer:
     async def _handler_failed(self, entries: list[Entry], exc: Exception) -> None:
         """Keep the batch pending for a retry after a backoff; give up on exhausted entries."""
         self.failures += 1
-        self._failed_in_row += 1
         reason = f"{type(exc).__name__}: {exc}"
         if _outage(exc):  # one line, not a traceback per in-flight task of the batch
             log.warning("%s/%s: Redis unreachable while handling %d entries (%s); they stay "
@@ -313,8 +314,8 @@ class StreamConsumer:
             if e.deliveries < limit:
                 self._last_error[e.id] = reason
         self._own_pending = True
-        delay = min(0.05 * 2 ** (self._failed_in_row - 1), self.settings.reconnect_max_s)
-        await anyio.sleep(delay)
+        # Reported above, one line per batch; here the backoff only paces the retries.
+        await self._handler_backoff.wait(exc, outage=False)
 
     async def _dead_letter(self, rejects: Sequence[Reject]) -> None:
         """Copy each entry, with reason and delivery count, to the dead stream and ack it
