@@ -10,6 +10,9 @@ everything (hash, index, log entries) in one MULTI/EXEC, retried if another writ
 between, so a failure or a refusal stores nothing. An update keeps the automation's id; when
 its trigger is unchanged (compared as JSON without trigger ids) the stored trigger ids are kept
 too, so the engine keeps its window state; a changed trigger resets it (``trigger_changed``).
+
+A stored automation whose JSON no longer validates (written by another version, or by hand) is
+not a missing one: ``get`` raises ``InvalidStoredAutomation`` for it, while listings skip it.
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ class _Plan:
     deletes: list[tuple[str, str]] = field(default_factory=list)
 
 
+class InvalidStoredAutomation(AutomationsError):
+    """An automation is stored but its JSON no longer validates; re-applying it fixes that."""
+
+    def __init__(self, automation_id: str, problems: str) -> None:
+        self.automation_id = automation_id
+        self.problems = problems
+        super().__init__(f"automation {automation_id} is stored but no longer valid: {problems}")
+
+
+def parse_stored(raw: bytes | str, automation_id: str) -> Automation:
+    """Validate one stored automation (raises ``InvalidStoredAutomation``)."""
+    try:
+        return Automation.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(str(error) for error in validation_errors(exc))
+        raise InvalidStoredAutomation(automation_id, problems) from None
+
+
 def trigger_shape(trigger: Trigger) -> dict[str, Any]:
     """The trigger as JSON without its ids: what decides whether window state survives."""
     return _without_ids(trigger.model_dump(mode="json"))
@@ -124,11 +145,23 @@ class AutomationStore:
         return self._parse_all(raw), _text(last[0][0]) if last else "0-0"
 
     async def get(self, automation_id: UUID | str) -> Automation | None:
+        """The automation, or None when none is stored under that id; raises
+        ``InvalidStoredAutomation`` when one is stored but no longer validates."""
         raw: Any = await self._redis.hget(self._keys.automations, str(automation_id))
-        return None if raw is None else self._parse(raw, str(automation_id))
+        return None if raw is None else parse_stored(raw, str(automation_id))
+
+    async def stored_json(self, automation_ids: Sequence[UUID | str]) -> list[bytes | None]:
+        """Each automation's stored JSON (None when missing), in one HMGET: for readers that
+        keep validated automations by their JSON (``automations.dispatch.automation_cache``)."""
+        if not automation_ids:
+            return []
+        raw: list[Any] = await self._redis.hmget(self._keys.automations,
+                                                 [str(i) for i in automation_ids])
+        return [value.encode() if isinstance(value, str) else value for value in raw]
 
     async def by_name(self, name: str) -> Automation:
-        """The automation called ``name`` (``NotFound`` if none)."""
+        """The automation called ``name`` (``NotFound`` if none, ``InvalidStoredAutomation``
+        if it no longer validates)."""
         automation_id: Any = await self._redis.hget(self._keys.automation_names, name)
         found = None if automation_id is None else await self.get(_text(automation_id))
         if found is None:
@@ -192,9 +225,7 @@ class AutomationStore:
                 raw = await pipe.hget(self._keys.automations, key)
                 if raw is None:
                     raise NotFound(f"no automation with id {key}")
-                current = self._parse(raw, key)
-                if current is None:
-                    raise AutomationsError(f"stored automation {key} does not parse; re-apply it")
+                current = parse_stored(raw, key)
                 if current.enabled == enabled:
                     await pipe.reset()
                     return current
@@ -365,10 +396,11 @@ class AutomationStore:
 
     @staticmethod
     def _parse(raw: bytes | str, automation_id: str) -> Automation | None:
+        """The automation, or None (logged) where an invalid one is skipped."""
         try:
-            return Automation.model_validate_json(raw)
-        except ValidationError as exc:
-            log.error("stored automation %s does not parse, skipped: %s", automation_id, exc)
+            return parse_stored(raw, automation_id)
+        except InvalidStoredAutomation as exc:
+            log.error("%s (skipped)", exc)
             return None
 
     def _parse_change(

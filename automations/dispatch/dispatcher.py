@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 from uuid import UUID
@@ -42,7 +43,9 @@ from pydantic import ValidationError
 from actions.outcome import ActionError, PermanentError, Reason, TransientError
 from actions.secrets import Redactor
 from actions.templating import TemplateEngine, Templates, render_action
+from automations.backoff import Backoff, retry
 from automations.connection import CONNECTION_ERRORS
+from automations.dispatch.automation_cache import AutomationCache
 from automations.dispatch.executors import EXECUTORS, Executor
 from automations.dispatch.invocation import (
     Invocation,
@@ -55,12 +58,13 @@ from automations.dispatch.invocation import (
 from automations.dispatch.ledger import DONE, GAVE_UP, Ledger
 from automations.dispatch.logs import SecretSafeLogs
 from automations.dispatch.notifiers import NotifierPool
-from automations.dispatch.ports import ActionContext, ActionResult, AutomationView, Clients, Ports
+from automations.dispatch.ports import ActionContext, ActionResult, Clients, Ports
 from automations.dispatch.retries import RetryJob, RetryQueue, backoff
 from automations.engine.outbox import OutboxEntryError, firings_of
 from automations.events import Event, format_validation_error, utcnow
 from automations.keys import DISPATCH_GROUP, Keys
 from automations.settings import Settings
+from automations.store import AutomationStore, InvalidStoredAutomation
 from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
 from triggers.firing import Firing
 
@@ -104,6 +108,7 @@ class Dispatcher:
         ]
         self.retries = RetryQueue(redis, self.keys)
         self.ledger = Ledger(redis, self.keys, settings, self.retries)
+        self.automations = AutomationCache(AutomationStore(redis, self.keys))
         self.templates = TemplateEngine()
         self.counts = {"executed": 0, "failed": 0, "retried": 0, "gave_up": 0, "skipped": 0}
         self._limit = anyio.Semaphore(settings.action_concurrency)
@@ -161,18 +166,18 @@ class Dispatcher:
 
     async def _retry_loop(self) -> None:
         """Claim due retries while action slots are free; Redis being away only pauses it."""
-        away = False
+        redis_backoff = Backoff("action retries", cap_s=self.settings.reconnect_max_s,
+                                logger=log)
         async with anyio.create_task_group() as tg:
             while not self._stopping.is_set():
                 jobs: list[RetryJob] = []
                 try:
                     if self._limit.value > 0:
                         jobs = await self._claim_retries(int(self._limit.value))
-                    away = False
+                        redis_backoff.recovered()
                 except CONNECTION_ERRORS as exc:
-                    if not away:
-                        log.warning("action retries: Redis unreachable (%s)", exc)
-                    away = True
+                    await redis_backoff.wait(exc, self._stopping)
+                    continue
                 for job in jobs:
                     tg.start_soon(self._guarded_retry, job)
                 if not jobs:
@@ -230,25 +235,34 @@ class Dispatcher:
 
     async def _keep_claimed(self, reader: str, ids: list[str]) -> None:
         """XCLAIM ... JUSTID our own in-flight entries (resets idle, not the delivery count)
-        three times per ``claim_idle_ms``."""
+        three times per ``claim_idle_ms``. An outage must not cancel the batch's actions: it
+        is retried with backoff, so the claim is renewed soon after Redis is back."""
         interval = self.settings.claim_idle_ms / 3000
+        redis_backoff = Backoff("dispatcher: keeping in-flight firings claimed",
+                                cap_s=min(interval, self.settings.reconnect_max_s), logger=log)
         claimed: list[Any] = list(ids)
+        delay = interval
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(delay)
             try:
                 await self.redis.xclaim(self.keys.firings, DISPATCH_GROUP, reader, 0, claimed,
                                         justid=True)
-            except CONNECTION_ERRORS:  # an outage must not cancel the batch's actions
-                log.debug("keeping firings claimed failed; Redis unreachable", exc_info=True)
+            except CONNECTION_ERRORS as exc:
+                delay = redis_backoff.next_delay(exc)
+                continue
+            redis_backoff.recovered()
+            delay = interval
 
     async def _handle(self, entries: list[Entry]) -> list[Reject]:
         rejects: list[Reject] = []
         invocations: list[Invocation] = []
-        found: dict[UUID, AutomationView | None] = {}
-        for entry, firing in self._parse(entries, rejects):
-            if firing.automation_id not in found:
-                found[firing.automation_id] = await self.ports.automations.get(firing.automation_id)
+        parsed = self._parse(entries, rejects)
+        found = await self.automations.lookup(firing.automation_id for _, firing in parsed)
+        for entry, firing in parsed:
             automation = found[firing.automation_id]
+            if isinstance(automation, InvalidStoredAutomation):
+                rejects.append(Reject(entry, str(automation)))
+                continue
             if automation is None:
                 rejects.append(Reject(entry, f"automation {firing.automation_id} does not exist "
                                       "(deleted after it fired)"))
@@ -300,8 +314,13 @@ class Dispatcher:
             return await self._run_retry(job)
 
     async def _run_retry(self, job: RetryJob) -> str:
-        automation = await self.ports.automations.get(UUID(job.automation_id))
+        automation_id = UUID(job.automation_id)
+        automation = (await self.automations.lookup([automation_id]))[automation_id]
         firing = Firing.from_json(job.firing)
+        if isinstance(automation, InvalidStoredAutomation):
+            await self._give_up_orphan(job, f"is stored but no longer valid: "
+                                       f"{automation.problems}")
+            return "gave-up"
         if automation is None:
             await self._give_up_orphan(job, "does not exist (deleted before the retry)")
             return "gave-up"
@@ -341,20 +360,10 @@ class Dispatcher:
         """Commit a done effect, riding out a Redis outage of up to ``claim_idle_ms``: giving
         up here fails the batch, whose redelivery would repeat the effect. (A commit that
         landed but lost its reply is harmless to repeat: same key, same event id.)"""
-        deadline = time.monotonic() + self.settings.claim_idle_ms / 1000
-        delay = 0.05
-        while True:
-            try:
-                await self.ledger.commit(key, done=DONE, events=[executed], job=job)
-                return
-            except CONNECTION_ERRORS:
-                if time.monotonic() + delay > deadline:
-                    raise
-                if delay == 0.05:  # once per action, not per try
-                    log.warning("action %s: effect done but Redis unreachable; retrying the "
-                                "record", key)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+        await retry(partial(self.ledger.commit, key, done=DONE, events=[executed], job=job),
+                    Backoff(f"action {key}: recording its done effect",
+                            cap_s=self.settings.reconnect_max_s, logger=log),
+                    deadline_s=self.settings.claim_idle_ms / 1000)
 
     def _executed_event(self, inv: Invocation, ctx: ActionContext, result: ActionResult) -> Event:
         """The ``.executed`` event; a malformed result (an executor bug) must not keep a done
@@ -376,10 +385,10 @@ class Dispatcher:
         return ActionContext(
             firing=firing, automation=inv.automation, action=inv.planned.action,
             action_index=inv.index, idempotency_key=inv.key, triggering_event=event,
-            labels=dict(firing.triggering_labels), now=self.clock(), redis=self.redis,
-            keys=self.keys, settings=self.settings, ports=self.ports, clients=self.clients,
-            redactor=Redactor(), templates=Templates(self.templates, context, loaders),
-            attempt=attempt,
+            labels=dict(firing.triggering_labels), now=self.clock(), ports=self.ports,
+            ledger=self.ledger, clients=self.clients, redactor=Redactor(),
+            templates=Templates(self.templates, context, loaders),
+            action_timeout_s=self.settings.action_timeout_s, attempt=attempt,
         )
 
     async def _execute(self, ctx: ActionContext) -> ActionResult:

@@ -1,17 +1,22 @@
 """The action ledger: ``done:<firing id>:<action index>`` checked before an action and
-recorded, with its events, in one transaction after it.
+recorded, with its events, in one transaction after it; and, for executors (``LedgerPort``),
+per-target delivered records and notification cooldowns.
 
 ``begin`` checks a whole batch in one script: for every action not yet done it publishes the
 ``action.triggered`` event and answers 1, for a done one 0 (nothing published). ``commit``
 writes the outcome in one MULTI: the done record (``done`` or ``gave-up``), the action events,
 the retry queue change and the dead letter, together or not at all. Durability is Redis's
 (AOF everysec: a done record of the last second can be lost with the server).
+
+A cooldown is a marker per automation and target holding its owner's idempotency key (expiring
+with the cooldown) and a counter of the notifications it dropped; a claim is one script call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -22,7 +27,11 @@ from automations.keys import Keys
 from automations.settings import Settings
 
 DONE, GAVE_UP = b"done", b"gave-up"
+DELIVERED = b"1"
 BEGIN_CHUNK = 500
+DROPPED_TTL_MIN_S = 86_400
+"""A cooldown's dropped-counter outlives it (at least a day, or ten cooldowns), so the next
+notification sent can still say how many were suppressed."""
 
 BEGIN_SCRIPT = """
 local stream = KEYS[#KEYS]
@@ -41,6 +50,23 @@ end
 return out
 """
 
+# KEYS: marker, counter; ARGV: owner, cooldown in ms, counter expiry in s. Returns how many
+# were dropped since the last one sent (the claim is granted), or -1 (dropped and counted).
+COOLDOWN_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+  local dropped = redis.call('GET', KEYS[2])
+  if not dropped then return 0 end
+  redis.call('DEL', KEYS[2])
+  return tonumber(dropped)
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return 0
+end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return -1
+"""
+
 
 class Ledger:
     def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings,
@@ -50,6 +76,7 @@ class Ledger:
         self.settings = settings
         self.retries = retries
         self._begin = redis.register_script(BEGIN_SCRIPT)
+        self._cooldown = redis.register_script(COOLDOWN_SCRIPT)
 
     async def begin(self, items: Sequence[tuple[str, Event | None]]) -> list[bool]:
         """For each (idempotency key, triggered event or None): True when the action is not
@@ -83,3 +110,28 @@ class Ledger:
         if dead is not None:
             pipe.xadd(self.keys.dead(self.keys.firings), {k: v for k, v in dead.items()})
         await pipe.execute()
+
+    # -- LedgerPort: state executors keep ------------------------------------------------
+    async def delivered(self, keys: Sequence[str], /) -> list[bool]:
+        if not keys:
+            return []
+        found: list[Any] = await self.redis.mget([self.keys.done(key) for key in keys])
+        return [value is not None for value in found]
+
+    async def mark_delivered(self, key: str, /) -> None:
+        await self.redis.set(self.keys.done(key), DELIVERED, ex=self.settings.action_done_ttl_s)
+
+    async def claim_cooldown(
+        self, automation_id: UUID, target: str, owner: str, ttl_s: float, /
+    ) -> int | None:
+        """One script call: claim the marker, or recognise our own claim of an earlier
+        attempt, or count the drop."""
+        automation = str(automation_id)
+        dropped = await self._cooldown(
+            keys=[self.keys.cooldown(automation, target),
+                  self.keys.cooldown_dropped(automation, target)],
+            args=[owner, max(1, int(ttl_s * 1000)), max(DROPPED_TTL_MIN_S, int(ttl_s * 10))])
+        return None if int(dropped) < 0 else int(dropped)
+
+    async def release_cooldown(self, automation_id: UUID, target: str, /) -> None:
+        await self.redis.delete(self.keys.cooldown(str(automation_id), target))

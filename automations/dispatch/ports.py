@@ -2,8 +2,9 @@
 
 ``actions`` never imports ``automations.models``, the store, the engine or the runtime
 (DESIGN.md section 2): the automation is a read-only Protocol view, and everything an executor
-changes outside Redis goes through a port the dispatcher service wires in
-(``automations.service.build_ports``). Ports use positional-only parameters so any
+reads or changes goes through a port: ``Ports`` (wired by ``automations.service.build_ports``)
+and the ``LedgerPort`` (the dispatcher's ledger). An executor never touches Redis itself, so
+the key layout and its expiries stay in one place. Ports use positional-only parameters so any
 implementation's parameter names fit.
 """
 
@@ -16,15 +17,12 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from actions.models import Action
 from actions.secrets import Redactor
 from actions.templating import Templates
 from automations.dispatch.notifiers import NotifierPool
 from automations.events import Event
-from automations.keys import Keys
-from automations.settings import Settings
 from triggers.firing import Firing
 from triggers.models import Trigger
 
@@ -53,10 +51,12 @@ class AutomationView(Protocol):
 
 
 class AutomationsPort(Protocol):
-    """Reads automations (the dispatcher) and pauses/resumes them (pause-/resume-automation).
+    """Reads automations and pauses/resumes them (pause-/resume-automation).
 
-    ``automations.store.AutomationStore`` fits. ``set_enabled`` may raise
-    ``automations.errors.NotFound`` (the executor reports ``Reason.NOT_FOUND``).
+    ``automations.store.AutomationStore`` fits. ``get`` answers None for a missing automation
+    and ``set_enabled`` raises ``automations.errors.NotFound`` (the executor reports
+    ``Reason.NOT_FOUND``); for one stored but no longer valid both raise an ``AutomationsError``
+    (``automations.store.InvalidStoredAutomation``; ``Reason.VALIDATION``).
     """
 
     async def get(self, automation_id: UUID, /) -> AutomationView | None: ...
@@ -68,7 +68,7 @@ class DeploymentsPort(Protocol):
 
     Records are plain mappings (``id``, ``name``, ``flow_name``, ``paused``, ...) so ``actions``
     stays independent of the runtime's models; templates see them as ``deployment``/``flow``.
-    The runtime engineer owns these method shapes and may refine them.
+    ``automations.runtime.ports.DeploymentsAdapter`` implements it.
     """
 
     async def get(self, deployment_id: UUID, /) -> Mapping[str, Any] | None:
@@ -126,10 +126,38 @@ class BlocksPort(Protocol):
     async def get(self, name: str, /) -> str | None: ...
 
 
+class LedgerPort(Protocol):
+    """State an executor keeps between attempts and firings: per-target delivered records
+    (keys extend the action's idempotency key, e.g. ``<key>:t0``) and per-target cooldowns.
+    ``automations.dispatch.ledger.Ledger`` implements it on Redis, shared by every dispatcher.
+    """
+
+    async def delivered(self, keys: Sequence[str], /) -> list[bool]:
+        """For each key: whether it was marked delivered (and has not expired)."""
+        ...
+
+    async def mark_delivered(self, key: str, /) -> None:
+        """Remember ``key`` as delivered (for as long as the action's own done record)."""
+        ...
+
+    async def claim_cooldown(
+        self, automation_id: UUID, target: str, owner: str, ttl_s: float, /
+    ) -> int | None:
+        """Claim the cooldown of one automation and target for ``ttl_s`` on behalf of
+        ``owner`` (an idempotency key; a claim ``owner`` already holds counts as granted).
+        None: another owner holds it, so this notification is dropped and counted; else how
+        many were dropped since the last one sent."""
+        ...
+
+    async def release_cooldown(self, automation_id: UUID, target: str, /) -> None:
+        """Drop the claim: a failed delivery must not use up the cooldown."""
+        ...
+
+
 @dataclass(slots=True)
 class Ports:
-    """Everything outside Redis an executor may touch. ``deployments``/``flow_runs`` are None
-    until the runtime is wired; their executors then fail with ``Reason.UNSUPPORTED``."""
+    """The stores an executor acts on. ``deployments``/``flow_runs`` are None until the
+    runtime is wired; their executors then fail with ``Reason.UNSUPPORTED``."""
 
     automations: AutomationsPort
     blocks: BlocksPort
@@ -173,14 +201,15 @@ class ActionContext:
     ``actions_on_trigger`` / ``actions_on_resolve`` (rebuilt from the firing)."""
     labels: dict[str, str]
     now: datetime
-    redis: aioredis.Redis
-    keys: Keys
-    settings: Settings
     ports: Ports
+    ledger: LedgerPort
+    """Per-target delivered records and cooldowns (send-notification)."""
     clients: Clients
     redactor: Redactor
     """Secrets resolved for this action are registered here and scrubbed from every output."""
     templates: Templates
     """Renders this action's templates (the dispatcher has already rendered notify/webhook
     fields; other executors render their own, e.g. run-deployment parameters)."""
+    action_timeout_s: float
+    """The dispatcher's per-action timeout: the default of each request's own timeout."""
     attempt: int = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 import pytest
@@ -15,7 +15,12 @@ from automations.errors import InvalidAutomation, InvalidAutomations, NotFound
 from automations.keys import Keys
 from automations.loader import load_files
 from automations.models import Automation
-from automations.store import AutomationChange, AutomationStore, trigger_shape
+from automations.store import (
+    AutomationChange,
+    AutomationStore,
+    InvalidStoredAutomation,
+    trigger_shape,
+)
 
 
 def make(name: str = "a", *, expect: str = "x.y", threshold: int = 1, **extra: Any) -> Automation:
@@ -163,6 +168,24 @@ async def test_delete_by_name_or_id_and_not_found(store: AutomationStore) -> Non
     assert await store.get(b.id) is None
 
 
+async def test_a_stored_automation_that_no_longer_validates_is_invalid_not_missing(
+    store: AutomationStore, redis: aioredis.Redis, keys: Keys
+) -> None:
+    await store.apply([make("a"), make("b")])
+    a = await store.by_name("a")
+    await redis.hset(keys.automations, str(a.id), b'{"name": "a"}')
+    reason = f"automation {a.id} is stored but no longer valid: trigger: Field required"
+    with pytest.raises(InvalidStoredAutomation, match=reason):
+        await store.get(a.id)
+    with pytest.raises(InvalidStoredAutomation):
+        await store.by_name("a")
+    with pytest.raises(InvalidStoredAutomation):
+        await store.set_enabled(a.id, False)
+    assert [x.name for x in await store.all()] == ["b"]  # listings skip it
+    assert await store.get(uuid4()) is None
+    assert await store.stored_json([a.id, uuid4()]) == [b'{"name": "a"}', None]
+
+
 async def test_snapshot_and_changes_follow_the_log(store: AutomationStore) -> None:
     assert await store.snapshot() == ([], "0-0")
     await store.apply([make("a")])
@@ -171,14 +194,13 @@ async def test_snapshot_and_changes_follow_the_log(store: AutomationStore) -> No
     seen: list[AutomationChange] = []
 
     async def consume() -> None:
-        async for change in store.changes(block_ms=50):
+        async for change in store.changes(position, block_ms=50):
             seen.append(change)
             if len(seen) == 2:
                 return
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(consume)
-        await anyio.sleep(0.05)
+        tg.start_soon(consume)  # from the snapshot's position: no race with the apply
         await store.apply([make("a", threshold=3), make("b")])
     assert sorted(c.automation.name for c in seen if c.automation) == ["a", "b"]
 

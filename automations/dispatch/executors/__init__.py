@@ -3,8 +3,11 @@
 Adding an action type is one small module with ``async def execute(action, ctx) ->
 ActionResult`` plus one line here. An executor raises ``actions.outcome.TransientError`` or
 ``PermanentError`` on failure; anything else it raises is treated as a transient bug
-(``Reason.INTERNAL``). It never retries, sleeps or records idempotency itself: the dispatcher's
-pipeline does that (``automations/dispatch/dispatcher.py``).
+(``Reason.INTERNAL``). It never retries or sleeps, and never touches Redis: it reaches
+everything through ``ctx`` (the ports, the ledger, the shared clients). The action's own
+idempotency (at most one effect per ``ctx.idempotency_key``) is the dispatcher's pipeline
+(``automations/dispatch/dispatcher.py``); an executor with several effects per action records
+each one in ``ctx.ledger`` (send-notification's targets).
 """
 
 from __future__ import annotations

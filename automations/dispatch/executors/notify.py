@@ -1,10 +1,11 @@
 """send-notification through Apprise, to inline URLs or a stored block.
 
 Each target is delivered on its own (concurrently) through the dispatcher's ``NotifierPool``
-and remembered as delivered (``done:<key>:t<i>``), so a retry after a partial failure only
-re-sends the targets that failed. With ``cooldown_seconds``, at most one notification per
-automation and target goes out per cooldown: the others are dropped and counted, and the next
-one sent says how many were suppressed (state in Redis, shared by every dispatcher).
+and remembered as delivered (``<key>:t<i>`` in ``ctx.ledger``), so a retry after a partial
+failure only re-sends the targets that failed. With ``cooldown_seconds``, at most one
+notification per automation and target goes out per cooldown: the others are dropped and
+counted, and the next one sent says how many were suppressed (the ledger's state is shared by
+every dispatcher).
 """
 
 from __future__ import annotations
@@ -50,33 +51,23 @@ def _target_hash(url: str) -> str:
 
 async def _claim_cooldown(action: SendNotification, ctx: ActionContext, url: str) -> int | None:
     """None when the cooldown drops this notification (and counts it); else how many were
-    dropped since the last one sent."""
+    dropped since the last one sent. The claim is owned by the idempotency key, so a retry
+    finds its own earlier claim granted."""
     if not action.cooldown_seconds:
         return 0
-    automation, target = str(ctx.automation.id), _target_hash(url)
-    marker = ctx.keys.cooldown(automation, target)
-    counter = ctx.keys.cooldown_dropped(automation, target)
-    ttl_ms = max(1, int(action.cooldown_seconds * 1000))
-    if await ctx.redis.set(marker, ctx.idempotency_key, px=ttl_ms, nx=True):
-        dropped = await ctx.redis.getdel(counter)
-        return int(dropped or 0)
-    owner = await ctx.redis.get(marker)
-    if owner is not None and owner in (ctx.idempotency_key, ctx.idempotency_key.encode()):
-        return 0  # our own claim, from an earlier attempt of this action
-    pipe = ctx.redis.pipeline(transaction=False)
-    pipe.incr(counter)
-    pipe.expire(counter, max(86_400, int(action.cooldown_seconds * 10)))
-    await pipe.execute()
-    return None
+    return await ctx.ledger.claim_cooldown(ctx.automation.id, _target_hash(url),
+                                           ctx.idempotency_key, action.cooldown_seconds)
+
+
+def _target_key(ctx: ActionContext, index: int) -> str:
+    return f"{ctx.idempotency_key}:t{index}"
 
 
 async def _deliver(
     action: SendNotification, ctx: ActionContext, index: int, url: str, shown: str
 ) -> dict[str, Any]:
-    """Deliver to one target; returns its report (``error`` set to the classified failure)."""
-    done_key = ctx.keys.done(f"{ctx.idempotency_key}:t{index}")
-    if await ctx.redis.exists(done_key):
-        return {"target": shown, "status": "already-delivered"}
+    """Deliver to one target not yet delivered; returns its report (``error`` set to the
+    classified failure)."""
     suppressed = await _claim_cooldown(action, ctx, url)
     if suppressed is None:
         return {"target": shown, "status": "throttled"}
@@ -88,17 +79,17 @@ async def _deliver(
         report["suppressed_before"] = suppressed
     try:
         delivery = await ctx.clients.notifiers.send(
-            url, title=action.subject, body=body, timeout=ctx.settings.action_timeout_s
+            url, title=action.subject, body=body, timeout=ctx.action_timeout_s
         )
         error: ActionError | None = classify(delivery)
     except ActionError as exc:
         error, delivery = exc, None
     if error is None:
-        await ctx.redis.set(done_key, b"1", ex=ctx.settings.action_done_ttl_s)
+        await ctx.ledger.mark_delivered(_target_key(ctx, index))
         return {**report, "status": "delivered"}
     if action.cooldown_seconds:
-        # The claim must not block the retry of a failed delivery.
-        await ctx.redis.delete(ctx.keys.cooldown(str(ctx.automation.id), _target_hash(url)))
+        # A failed delivery does not use up the cooldown: the next notification may go.
+        await ctx.ledger.release_cooldown(ctx.automation.id, _target_hash(url))
     log = delivery.log if delivery is not None else []
     return {**report, "status": "failed", "reason": error.reason.value,
             "message": error.message, "log": log, "error": error}
@@ -106,14 +97,18 @@ async def _deliver(
 
 async def execute(action: SendNotification, ctx: ActionContext) -> ActionResult:
     targets = await resolve_targets(action, ctx)
-    reports: list[dict[str, Any]] = [{} for _ in targets]
+    delivered = await ctx.ledger.delivered([_target_key(ctx, i) for i in range(len(targets))])
+    reports: list[dict[str, Any]] = [
+        {"target": shown, "status": "already-delivered"} if done else {}
+        for (_, shown), done in zip(targets, delivered, strict=True)]
 
     async def one(i: int, url: str, shown: str) -> None:
         reports[i] = await _deliver(action, ctx, i, url, shown)
 
     async with anyio.create_task_group() as tg:
-        for i, (url, shown) in enumerate(targets):
-            tg.start_soon(one, i, url, shown)
+        for i, ((url, shown), done) in enumerate(zip(targets, delivered, strict=True)):
+            if not done:
+                tg.start_soon(one, i, url, shown)
     errors: list[ActionError] = [r.pop("error") for r in reports if "error" in r]
     details: dict[str, Any] = {
         "subject": action.subject,

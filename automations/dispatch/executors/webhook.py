@@ -53,7 +53,7 @@ async def execute(action: CallWebhook, ctx: ActionContext) -> ActionResult:
             ctx.redactor.add(value, url=False)
     headers.setdefault(IDEMPOTENCY_HEADER, ctx.idempotency_key)
     body = build_body(action, headers)
-    timeout = action.timeout_seconds or ctx.settings.action_timeout_s
+    timeout = action.timeout_seconds or ctx.action_timeout_s
     status, response_headers, raw = await _request(ctx, action.method, url, body, headers,
                                                    timeout)
     details: dict[str, Any] = {
