@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from automations.keys import Keys
 from automations.settings import Settings
-from tests.redis_server import RedisServer
+from bench.redis_server import RedisServer
 
 Row = dict[str, Any]
 
@@ -32,8 +32,7 @@ CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
 
 class RedisProcess(RedisServer):
-    """A throwaway ``redis-server`` (the test suite's) in a temporary directory, removed on
-    ``stop()``."""
+    """A throwaway ``redis-server`` in a temporary directory, removed on ``stop()``."""
 
     def __init__(self) -> None:
         super().__init__(Path(tempfile.mkdtemp(prefix="bench-redis-")))

@@ -1,6 +1,9 @@
-"""A local Prefect 3 server as the peer: installed in its own virtualenv (Prefect pins
-``apprise<2``, which clashes with ours), started on a free loopback port, driven over its REST
-API (/work/shared/reference/prefect-server.md has the facts this relies on)."""
+"""A local Prefect 3 server as the peer: installed in its own virtualenv under ``bench/.cache/``
+(Prefect pins ``apprise<2``, which clashes with ours), started on a free loopback port with a
+fresh SQLite home, driven over its REST API: automations created with ``POST
+/api/automations/``, events sent with ``POST /api/events``, firings read back as
+``prefect.automation.triggered`` events from ``/api/events/filter`` and
+``/api/events/count-by/resource`` (the server persists events about every 5 s)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import httpx
 
 from automations.models import Automation
 from bench.harness import CACHE_DIR
-from tests.redis_server import free_port
+from bench.redis_server import free_port
 
 PREFECT_VERSION = "3.8.8"
 # fastapi 0.165 breaks Prefect 3.8.8's server (`Body() got an unexpected keyword 'min_items'`).

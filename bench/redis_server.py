@@ -1,4 +1,4 @@
-"""A real ``redis-server`` on a free loopback port that tests can stop and restart."""
+"""A real ``redis-server`` on a free loopback port, for the benchmarks and the test suite."""
 
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ import redis.asyncio as aioredis
 
 from automations.keys import Keys
 from automations.settings import Settings
+from bench.redis_server import RedisServer
 from tests.automations.engine_harness import Clock, Harness
-from tests.redis_server import RedisServer
-from tests.sinks import http_sink, smtp_sink  # noqa: F401  (fixtures: real HTTP/SMTP sinks)
+from tests.sinks import http_sink as http_sink  # fixtures of real HTTP/SMTP sinks
+from tests.sinks import smtp_sink as smtp_sink
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -126,3 +126,20 @@ def test_a_fresh_interpreter_can_import_triggers_first() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "Automation" in proc.stdout
+
+
+def test_the_benchmarks_do_not_import_the_test_suite() -> None:
+    """``bench/`` runs without ``tests/``: the tests may import the benchmarks' helpers (the
+    Redis launcher), never the other way round."""
+    bench = ROOT / "bench"
+    sources = [p for p in sorted(bench.rglob("*.py"))
+               if not any(part.startswith(".") for part in p.relative_to(bench).parts)]
+    assert sources
+    bad = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.relative_to(ROOT)} imports {name}" for name in names
+                    if name == "tests" or name.startswith("tests.")]
+    assert bad == []

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import anyio
 import redis.asyncio as aioredis
 
 from actions.models import CallWebhook
@@ -21,6 +19,7 @@ from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import action_events, automation, disk_event, fire, stored
 from tests.sinks import HttpSink, Response
+from tests.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,13 +32,6 @@ def start_dispatcher_process(settings: Settings, log: Path) -> subprocess.Popen[
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "automations", "serve", "--only",
                                  "dispatcher"], cwd=ROOT, env=env, stdout=out, stderr=out)
-
-
-async def wait_until(predicate: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await anyio.sleep(0.02)
 
 
 async def test_kill_between_effect_and_ack_does_not_repeat_the_effect(
@@ -58,7 +50,7 @@ async def test_kill_between_effect_and_ack_does_not_repeat_the_effect(
         async def effect_recorded() -> bool:
             return bool(http_sink.received("/hang")) and bool(
                 await redis.exists(keys.done(f"{done_firing.id}:0")))
-        await wait_until(effect_recorded)
+        await wait_until(effect_recorded, timeout=15)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
@@ -70,7 +62,7 @@ async def test_kill_between_effect_and_ack_does_not_repeat_the_effect(
         async def redelivered() -> bool:
             await survivor.drain()
             return len(http_sink.received("/hang")) == 2
-        await wait_until(redelivered)
+        await wait_until(redelivered, timeout=15)
 
     assert len(http_sink.received("/once")) == 1
     assert survivor.counts["skipped"] == 1

@@ -100,6 +100,28 @@ async def test_action_lists_and_running_index(
     assert on_resolve.headers["Idempotency-Key"] == f"{resolved.id}:1"
 
 
+async def test_every_action_gets_its_own_running_index(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
+    http_sink: HttpSink,
+) -> None:
+    """Two ``actions`` and one ``actions_on_trigger`` are numbered 0, 1, 2: with a gap the
+    third would share the second's idempotency key and be skipped as already done."""
+    a = automation(
+        CallWebhook(url=http_sink.url("/a")), CallWebhook(url=http_sink.url("/b")),
+        actions_on_trigger=[CallWebhook(url=http_sink.url("/c"))],
+    )
+    [a] = await stored(store, a)
+    firing = await fire(redis, keys, a, disk_event())
+
+    await dispatcher.drain()
+
+    keys_seen = [http_sink.received(p)[0].headers["Idempotency-Key"] for p in ("/a", "/b", "/c")]
+    assert keys_seen == [f"{firing.id}:{i}" for i in range(3)]
+    executed = [e["payload"]["action_index"] for e in await action_events(redis, keys)
+                if e["event"].endswith(".executed")]
+    assert sorted(executed) == [0, 1, 2]
+
+
 async def test_transient_failures_retry_then_succeed(
     redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
     http_sink: HttpSink,
@@ -191,6 +213,21 @@ async def test_bad_entries_are_dead_lettered_and_do_not_stop_the_batch(
     assert reasons == ["automation " + str(deleted.id) + " does not exist (deleted after it fired)",
                        "firing entry has no 'firings' or 'data' field", "invalid firing",
                        "invalid firing"]
+    assert dispatcher.counts["executed"] == 1
+
+
+async def test_an_invalid_firing_is_dead_lettered_with_the_field_path(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
+) -> None:
+    [a] = await stored(store, automation(DoNothing()))
+    firing = await fire(redis, keys, a, disk_event())
+    broken = orjson.loads(firing.to_json()) | {"triggering_event": [1]}
+    await redis.xadd(keys.firings, {b"data": orjson.dumps(broken)})
+
+    await dispatcher.drain()
+
+    [dead] = await dead_letters(redis, keys)
+    assert dead["reason"].startswith("invalid firing: triggering_event: ")
     assert dispatcher.counts["executed"] == 1
 
 

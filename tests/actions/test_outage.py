@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
+import pytest
 import redis.asyncio as aioredis
 
 from actions.models import CallWebhook
+from automations.connection import CONNECTION_ERRORS
 from automations.dispatch.dispatcher import Dispatcher
-from automations.keys import Keys
+from automations.keys import DISPATCH_GROUP, Keys
 from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
+from bench.redis_server import RedisServer
 from tests.actions.stories import automation, disk_event, fire, stored
-from tests.redis_server import RedisServer
-from tests.sinks import HttpSink
+from tests.sinks import HttpSink, Response
+from tests.wait import logged, wait_until
 
 
 async def test_dispatcher_rides_out_a_redis_restart(
-    own_redis: RedisServer, fast: Settings, http_sink: HttpSink,
+    own_redis: RedisServer, fast: Settings, http_sink: HttpSink, caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = fast.model_copy(update={"redis_url": own_redis.url})
     keys = Keys(settings.prefix)
@@ -31,7 +36,9 @@ async def test_dispatcher_rides_out_a_redis_restart(
             await fire(client, keys, a, disk_event())
             await http_sink.wait_for(1, "/after")
             own_redis.stop()
-            await anyio.sleep(0.5)  # the readers and the retry loop hit a dead server
+            # the readers and the retry loop hit the dead server
+            await logged(caplog, f"{keys.firings}/{DISPATCH_GROUP}: Redis unreachable")
+            await logged(caplog, "action retries: Redis unreachable")
             own_redis.start()  # without persistence: the automation is stored again
             [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/after"))))
             await fire(client, keys, a, disk_event())
@@ -39,3 +46,37 @@ async def test_dispatcher_rides_out_a_redis_restart(
             dispatcher.stop()
     finally:
         await client.aclose()
+
+
+async def test_effect_done_during_an_outage_is_recorded_not_repeated(
+    own_redis: RedisServer, fast: Settings, http_sink: HttpSink, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis goes away while a webhook is in flight: the dispatcher keeps trying to record the
+    done effect until Redis is back, instead of failing the batch (whose redelivery would
+    call the webhook a second time)."""
+    settings = fast.model_copy(update={"redis_url": own_redis.url, "claim_idle_ms": 10_000})
+    keys = Keys(settings.prefix)
+    client = aioredis.Redis.from_url(own_redis.url)
+    store = AutomationStore(client, keys)
+    http_sink.script("/slow", Response(200, b"ok", delay=0.5))
+    [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/slow"))))
+    dispatcher = Dispatcher(client, settings, ports=build_ports(client, settings, keys), keys=keys)
+    try:
+        async with dispatcher, anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run)
+            firing = await fire(client, keys, a, disk_event())
+            key = f"{firing.id}:0"
+            await http_sink.wait_for(1, "/slow")
+            await client.save()  # the restarted server comes back with the firing pending
+            own_redis.stop()
+            await wait_until(lambda: any(key in r.message and "Redis unreachable" in r.message
+                                         for r in caplog.records),
+                             what="the failed record of the done effect")
+            own_redis.start()
+            await wait_until(lambda: client.exists(keys.done(key)), tolerate=CONNECTION_ERRORS)
+            dispatcher.stop()
+        pending: Any = await client.xpending(keys.firings, DISPATCH_GROUP)
+        assert pending["pending"] == 0
+    finally:
+        await client.aclose()
+    assert len(http_sink.received("/slow")) == 1

@@ -17,6 +17,7 @@ from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import automation, disk_event, fire, stored
 from tests.sinks import HttpSink, Response
+from tests.wait import wait_until
 
 
 async def test_two_dispatchers_run_each_action_once(
@@ -87,9 +88,9 @@ async def test_a_slow_batch_is_not_reclaimed_by_another_dispatcher(
         tg.start_soon(one.run)
         await http_sink.wait_for(1, "/slow")
         tg.start_soon(two.run)
-        while one.counts["executed"] + two.counts["executed"] == 0:
-            await anyio.sleep(0.02)
-        await anyio.sleep(0.6)  # past the claim idle time once more
+        await wait_until(lambda: one.counts["executed"] + two.counts["executed"])
+        # Nothing to wait for: one more claim idle time in which a wrong reclaim would show.
+        await anyio.sleep(0.6)
         one.stop()
         two.stop()
     assert len(http_sink.received("/slow")) == 1

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from automations.cli.app import app
 from automations.cli.common import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USER_ERROR
-from tests.redis_server import free_port
+from bench.redis_server import free_port
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "prefect"
 
@@ -159,6 +159,16 @@ def test_validate_works_offline_and_warns_about_triggers_that_never_fire(
     assert "warning:" in result.stderr and "dead" in result.stderr and "never fire" in result.stderr
     broken = CliRunner().invoke(app, ["validate", str(tmp_path / "missing.json")], env=offline)
     assert broken.exit_code == EXIT_USER_ERROR and "no such file" in broken.stderr
+
+
+def test_error_paths_ending_in_an_emoji_code_are_printed_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("id: not-a-uuid\nname: a\ntrigger: {expect: [x]}\n"
+                    "actions: [{type: do-nothing}]\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}:id: " in result.stderr  # rich turned ":id:" into an emoji
+    assert "\N{SQUARED ID}" not in result.stderr
 
 
 def test_a_python_module_applies_like_a_file(cli: Any, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from automations.cli.app import app
 from automations.events import Event
 from automations.keys import Keys
-from tests.redis_server import free_port
+from bench.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("automations"))
@@ -92,6 +92,13 @@ def test_emit_mistakes_are_one_line_and_exit_2(
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert sync_redis.xlen(keys.events) == 0
+
+
+def test_emit_without_a_name_or_a_file_says_what_to_give_before_trying_redis() -> None:
+    result = CliRunner().invoke(app, ["emit"],
+                                env={"AUTOMATIONS_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert result.exit_code == 2
+    assert result.stderr == "error: give an event NAME, or --file FILE.jsonl (- for stdin)\n"
 
 
 def test_emit_file_keeps_ids_and_times_and_reports_bad_lines(

@@ -16,7 +16,8 @@ from automations.runtime.worker import Worker
 from automations.service import build_ports
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject, StreamConsumer
-from automations.streams.upkeep import dedupe, require_redis_version, trim_acknowledged
+from automations.streams.upkeep import require_redis_version, trim_acknowledged
+from tests.wait import wait_until
 
 
 class Recorder:
@@ -56,6 +57,12 @@ async def add(redis: aioredis.Redis, stream: str, n: int, start: int = 0) -> lis
 async def pending(redis: aioredis.Redis, stream: str, group: str = "g") -> int:
     info: Any = await redis.xpending(stream, group)
     return int(info["pending"])
+
+
+async def idle_for(redis: aioredis.Redis, stream: str, ms: int, group: str = "g") -> bool:
+    """Whether the oldest pending entry has gone ``ms`` without a delivery."""
+    entries: Any = await redis.xpending_range(stream, group, "-", "+", 1)
+    return int(entries[0]["time_since_delivered"]) >= ms
 
 
 async def test_round_trip_in_batches_acks_everything(
@@ -111,6 +118,26 @@ async def test_failed_batch_is_retried_then_acked(
     assert c.failures == 2
 
 
+async def test_outage_in_a_handler_logs_one_line_and_keeps_entries_pending(
+    redis: aioredis.Redis, settings: Settings, keys: Keys, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Connection errors raised by several tasks of a batch (an ExceptionGroup) are an outage:
+    a warning without a traceback per task; the entries stay pending for redelivery."""
+    calls = 0
+
+    async def handler(entries: list[Entry]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ExceptionGroup("batch", [ConnectionError("gone"), ConnectionError("gone")])
+
+    await add(redis, keys.events, 1)
+    assert await consumer(redis, settings, handler).run_until_idle() == 1
+    assert calls == 2
+    [record] = [r for r in caplog.records if "Redis unreachable while handling" in r.message]
+    assert record.exc_info is None
+
+
 async def test_dead_letter_after_max_deliveries_keeps_entry_error_and_count(
     redis: aioredis.Redis, settings: Settings, keys: Keys
 ) -> None:
@@ -141,10 +168,12 @@ async def test_stale_entries_of_another_consumer_are_reclaimed(
     handler = Recorder()
     c = consumer(redis, settings, handler, consumer="rescuer")
     assert await c.run_until_idle() == 0  # not idle long enough yet
-    with anyio.fail_after(5):
-        while not handler.data:
-            await anyio.sleep(0.1)
-            await c.run_until_idle()
+
+    async def reclaimed() -> bool:
+        await c.run_until_idle()
+        return bool(handler.data)
+
+    await wait_until(reclaimed, timeout=5, poll=0.1)
     assert handler.data == [b"e0", b"e1", b"e2", b"e3"]
     assert all(e.deliveries == 2 for e in handler.batches[0])
     assert await pending(redis, keys.events) == 0
@@ -158,9 +187,9 @@ async def test_an_entry_that_keeps_killing_consumers_is_dead_lettered(
     await add(redis, keys.events, 1)
     await consumer(redis, settings, Recorder()).ensure_group()
     await redis.xreadgroup("g", "a", {keys.events: ">"})
-    await anyio.sleep(0.15)
+    await wait_until(lambda: idle_for(redis, keys.events, 100))
     await redis.xautoclaim(keys.events, "g", "b", 100)  # delivery 2, dies too
-    await anyio.sleep(0.15)
+    await wait_until(lambda: idle_for(redis, keys.events, 100))
     handler = Recorder()
     c = consumer(redis, settings, handler)
     await c.run_until_idle()
@@ -179,7 +208,7 @@ async def test_run_stops_after_the_batch_in_hand(
     async def slow(entries: list[Entry]) -> None:
         c.stop()
         c.stop()  # idempotent
-        await anyio.sleep(0.2)
+        await anyio.sleep(0.2)  # slow work: the stop arrives while the batch is in hand
 
     c = consumer(redis, settings, slow)
     with anyio.fail_after(5):
@@ -196,25 +225,9 @@ async def test_run_consumes_live_entries(
     async with anyio.create_task_group() as tg:
         tg.start_soon(c.run)
         await add(redis, keys.events, 5)
-        with anyio.fail_after(5):
-            while len(handler.data) < 5:
-                await anyio.sleep(0.02)
+        await wait_until(lambda: len(handler.data) >= 5)
         c.stop()
     assert await pending(redis, keys.events) == 0
-
-
-async def test_dedupe_drops_repeated_event_ids_but_not_redeliveries(
-    redis: aioredis.Redis, keys: Keys
-) -> None:
-    first = Entry("1-0", {b"id": b"a"}, 1)
-    again = Entry("2-0", {b"id": b"a"}, 1)
-    other = Entry("3-0", {b"id": b"b"}, 1)
-    anonymous = Entry("4-0", {b"data": b"x"}, 1)
-    kept = await dedupe(redis, keys, [first, other, anonymous], ttl_s=60)
-    assert kept == [first, other, anonymous]
-    redelivered = Entry("1-0", {b"id": b"a"}, 2)
-    assert await dedupe(redis, keys, [redelivered, again], ttl_s=60) == [redelivered]
-    assert 0 < await redis.ttl(keys.seen("a")) <= 60
 
 
 async def test_trim_never_drops_what_a_group_still_needs(
@@ -247,7 +260,7 @@ async def test_a_large_surplus_converges_over_repeated_trims(
 ) -> None:
     for batch in range(8):
         await add(redis, keys.events, 1000, start=batch * 1000)
-        await anyio.sleep(0.002)
+        await anyio.sleep(0.002)  # ids of later milliseconds: the trim target is interpolated
     lengths = []
     for _ in range(6):
         await trim_acknowledged(redis, keys.events, 1000)
@@ -261,7 +274,7 @@ async def test_trim_keeps_undelivered_entries(redis: aioredis.Redis, keys: Keys)
     ids = []
     for batch in range(5):
         ids += await add(redis, keys.events, 400, start=batch * 400)
-        await anyio.sleep(0.003)
+        await anyio.sleep(0.003)  # ids of later milliseconds, as in a live stream
     await redis.xgroup_create(keys.events, "new", id="0")
     await trim_acknowledged(redis, keys.events, 1000)
     assert await redis.xlen(keys.events) == 2000

@@ -22,7 +22,7 @@ from automations.embedded import (
     redis_for_serve,
 )
 from automations.settings import Settings
-from tests.redis_server import free_port
+from bench.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

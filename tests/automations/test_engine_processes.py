@@ -12,17 +12,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from automations.engine.outbox import firings_of
 from automations.events import Event
-from automations.keys import Keys
+from automations.keys import ENGINE_GROUP, Keys
 from automations.settings import Settings
 from automations.store import AutomationStore
 from automations.streams.publish import Publisher
 from tests.automations.engine_harness import automation
+from tests.wait import acknowledged, wait_until
 from triggers.firing import Firing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,23 +49,26 @@ async def _firings(redis: aioredis.Redis, keys: Keys) -> list[Firing]:
 
 
 async def _until(redis: aioredis.Redis, keys: Keys, count: int, seconds: float) -> list[Firing]:
-    with anyio.fail_after(seconds):
-        while True:
-            firings = await _firings(redis, keys)
-            if len(firings) >= count:
-                await anyio.sleep(0.3)  # anything extra (a double firing) shows up too
-                return await _firings(redis, keys)
-            await anyio.sleep(0.05)
+    """At least ``count`` firings, read once the engines have acknowledged every event (so a
+    double firing would be among them)."""
+
+    async def settled() -> list[Firing] | None:
+        if not await acknowledged(redis, keys.events, ENGINE_GROUP):
+            return None
+        firings = await _firings(redis, keys)
+        return firings if len(firings) >= count else None
+
+    return await wait_until(settled, timeout=seconds)
 
 
 async def _both_consuming(redis: aioredis.Redis, keys: Keys) -> None:
     """Both engines have read from the group (one may start slower than the other)."""
-    with anyio.fail_after(30):
-        while True:
-            consumers: Any = await redis.xinfo_consumers(keys.events, "engine")
-            if {c["name"] for c in consumers} >= {b"engine-a", b"engine-b"}:
-                return
-            await anyio.sleep(0.05)
+
+    async def both() -> bool:
+        consumers: Any = await redis.xinfo_consumers(keys.events, ENGINE_GROUP)
+        return {c["name"] for c in consumers} >= {b"engine-a", b"engine-b"}
+
+    await wait_until(both, timeout=30)
 
 
 @pytest.mark.parametrize("kill_one", [False, True])

@@ -15,15 +15,7 @@ from automations.settings import Settings
 from automations.store import AutomationStore
 from automations.streams.publish import Publisher
 from tests.automations.engine_harness import automation
-
-
-async def _firing_count(redis: aioredis.Redis, keys: Keys, at_least: int) -> int:
-    with anyio.fail_after(10):
-        while True:
-            count = int(await redis.xlen(keys.firings))
-            if count >= at_least:
-                return count
-            await anyio.sleep(0.02)
+from tests.wait import wait_until
 
 
 async def test_engine_service_loads_and_follows_the_store(
@@ -36,14 +28,15 @@ async def test_engine_service_loads_and_follows_the_store(
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(settings, ["engine", "timer"], stopping=stopping))
-        assert await _firing_count(redis, keys, 1) == 1  # the event was queued before start
+        assert await wait_until(lambda: redis.xlen(keys.firings)) == 1  # queued before start
         await store.apply([automation({"posture": "Reactive", "expect": ["b"]}, name="on-a")])
-        with anyio.fail_after(5):  # hot reload: the new trigger is in force within a second
-            while True:
-                await publisher.publish([Event(event="b", resource={"prefect.resource.id": "r"})])
-                await anyio.sleep(0.2)
-                if await redis.xlen(keys.firings) > 1:
-                    break
+
+        async def b_fires() -> bool:
+            await publisher.publish([Event(event="b", resource={"prefect.resource.id": "r"})])
+            return int(await redis.xlen(keys.firings)) > 1
+
+        # hot reload: the new trigger is in force within a second
+        await wait_until(b_fires, timeout=5, poll=0.2)
         stopping.set()
     entries: Any = await redis.xinfo_groups(keys.events)
     assert entries[0]["pending"] == 0

@@ -16,7 +16,7 @@ from automations.events import Event
 from automations.keys import Keys
 from automations.settings import Settings
 from automations.streams.publish import Publisher, aemit, aemit_many, build_event, emit, emit_many
-from tests.redis_server import free_port
+from bench.redis_server import free_port
 
 
 async def stream_events(redis: aioredis.Redis, keys: Keys) -> list[tuple[bytes, Event]]:
@@ -106,7 +106,7 @@ async def test_publisher_trims_only_acknowledged_entries(
     for _ in range(4):
         await publisher.publish([Event(event="e", resource={"prefect.resource.id": "r"})
                                  for _ in range(500)])
-        await anyio.sleep(0.003)
+        await anyio.sleep(0.003)  # ids of later milliseconds: the trim target is interpolated
     assert await redis.xlen(keys.events) == 2000  # nothing delivered yet: nothing trimmed
     await redis.xreadgroup("engine", "c", {keys.events: ">"}, count=5000)
     pending: Any = await redis.xpending_range(keys.events, "engine", "-", "+", 5000)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 import redis.asyncio as aioredis
@@ -11,11 +9,12 @@ import redis.asyncio as aioredis
 from automations.cli.serve_cmd import unwrap
 from automations.errors import AutomationsError
 from automations.events import Event
-from automations.keys import Keys
+from automations.keys import ENGINE_GROUP, Keys
 from automations.service import SERVICES, ServiceContext, select, serve
 from automations.settings import Settings
 from automations.streams.publish import Publisher
-from tests.redis_server import free_port
+from bench.redis_server import free_port
+from tests.wait import acknowledged, logged, wait_until
 
 
 def test_the_four_services_are_registered() -> None:
@@ -63,14 +62,7 @@ async def test_the_engine_service_consumes_and_acks_events(
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(settings, ["engine"], stopping=stopping))
-        with anyio.fail_after(10):
-            while True:
-                groups: Any = await redis.xinfo_groups(keys.events)
-                last: Any = await redis.xrevrange(keys.events, count=1)
-                done = groups and groups[0]["last-delivered-id"] == last[0][0]
-                if done and groups[0]["pending"] == 0:
-                    break
-                await anyio.sleep(0.02)
+        await wait_until(lambda: acknowledged(redis, keys.events, ENGINE_GROUP))
         stopping.set()
 
 
@@ -113,10 +105,9 @@ async def test_serve_waits_for_redis_and_stops_cleanly_while_waiting(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(down, services={"x": never}, stopping=stopping))
-        with anyio.fail_after(5):
-            while "waiting for Redis" not in caplog.text:
-                await anyio.sleep(0.02)
-        await anyio.sleep(0.3)  # several attempts, one message
+        await logged(caplog, "waiting for Redis", timeout=5)
+        # Nothing to wait for: the retries are silent; this is time for several of them.
+        await anyio.sleep(0.3)
         stopping.set()
     assert started == []
     assert caplog.text.count("waiting for Redis") == 1

@@ -3,7 +3,6 @@ section 5 fixes, Resolved firings."""
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +20,7 @@ from tests.automations.engine_harness import (
     event,
     event_ids,
 )
+from tests.wait import wait_until
 from triggers.firing import TriggerState
 
 RUNNING = "prefect.flow-run.Running"
@@ -171,10 +171,7 @@ async def test_timer_fires_within_a_second_of_window_end(
     end = start + timedelta(seconds=10)
     async with anyio.create_task_group() as tg:
         tg.start_soon(timer.run, stopping)
-        deadline = time.monotonic() + 5
-        while not await h.firings():
-            assert time.monotonic() < deadline, "the timer did not fire"
-            await anyio.sleep(0.02)
+        await wait_until(h.firings, timeout=5, what="the timer firing")
         lateness = (utcnow() - end).total_seconds()
         stopping.set()
     assert lateness < 1.0

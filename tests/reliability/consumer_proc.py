@@ -40,7 +40,7 @@ async def hang(settings: Settings) -> None:
 async def slow_service(ctx: ServiceContext) -> None:
     async def handler(entries: list[Entry]) -> None:
         announce(entries)
-        await anyio.sleep(1.0)
+        await anyio.sleep(1.0)  # slow work: the test's SIGTERM lands mid-batch
         await ctx.redis.set(f"{ctx.settings.prefix}:handled", len(entries))
 
     consumer = StreamConsumer(ctx.redis, ctx.settings, stream=ctx.keys.events, group="engine",

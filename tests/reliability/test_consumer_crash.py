@@ -13,12 +13,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from automations.errors import BusUnavailable
 from automations.events import Event
-from automations.keys import Keys
+from automations.keys import ENGINE_GROUP, Keys
 from automations.settings import Settings
 from automations.streams.consumer import Entry, StreamConsumer
 from automations.streams.publish import Publisher
-from tests.redis_server import RedisServer
+from bench.redis_server import RedisServer
+from tests.wait import acknowledged, logged, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXE = str(Path(sys.executable).with_name("automations"))
@@ -34,6 +36,12 @@ def spawn(procs: list[subprocess.Popen[str]], args: list[str], env: dict[str, st
                             text=True, env={**os.environ, **(env or {})})
     procs.append(proc)
     return proc
+
+
+async def published(publisher: Publisher, batch: list[Event]) -> bool:
+    """Publish ``batch``: a check for ``wait_until`` that retries it while Redis is away."""
+    await publisher.publish(batch)
+    return True
 
 
 def wait_for_line(proc: subprocess.Popen[str], prefix: str) -> str:
@@ -66,9 +74,7 @@ async def test_entries_of_a_killed_consumer_are_reclaimed_by_another(
                              handler=handler, dead_stream=keys.dead(keys.events))
     async with anyio.create_task_group() as tg:
         tg.start_soon(rescuer.run)
-        with anyio.fail_after(10):
-            while len(got) < 5:
-                await anyio.sleep(0.05)
+        await wait_until(lambda: len(got) >= 5)
         rescuer.stop()
     assert [e.fields[b"id"] for e in got] == [str(e.id).encode() for e in published]
     assert all(e.deliveries == 2 for e in got)
@@ -101,12 +107,7 @@ async def test_automations_serve_exits_0_on_sigterm(
     proc = spawn(procs, [EXE, "serve", "--only", "engine"],
                  env={"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix,
                       "AUTOMATIONS_BLOCK_MS": "100"})
-    with anyio.fail_after(20):
-        while True:
-            groups: Any = await redis.xinfo_groups(keys.events)
-            if groups and groups[0]["pending"] == 0 and groups[0]["last-delivered-id"] != b"0-0":
-                break
-            await anyio.sleep(0.05)
+    await wait_until(lambda: acknowledged(redis, keys.events, ENGINE_GROUP), timeout=20)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
@@ -131,24 +132,16 @@ async def test_consumer_survives_a_redis_restart(
         async with anyio.create_task_group() as tg:
             tg.start_soon(consumer.run)
             await publisher.publish(before)
-            with anyio.fail_after(10):
-                while len(got) < 3:
-                    await anyio.sleep(0.02)
+            await wait_until(lambda: len(got) >= 3)
             await anyio.to_thread.run_sync(own_redis.stop)  # no persistence: stream is gone
-            with anyio.fail_after(10):
-                while "Redis unreachable" not in caplog.text:
-                    await anyio.sleep(0.02)
-            await anyio.sleep(0.6)  # several reconnect attempts, still one warning
+            await logged(caplog, "Redis unreachable")
+            # Nothing to wait for: the reconnect attempts are silent; this is time for several.
+            await anyio.sleep(0.6)
             await anyio.to_thread.run_sync(own_redis.start)
-            with anyio.fail_after(15):
-                while True:  # the publisher's pooled connection is broken once, then fine
-                    try:
-                        await publisher.publish(after)
-                        break
-                    except Exception:
-                        await anyio.sleep(0.05)
-                while len(got) < 7:
-                    await anyio.sleep(0.02)
+            # the publisher's pooled connection is broken once, then fine
+            await wait_until(lambda: published(publisher, after), timeout=15,
+                             tolerate=(BusUnavailable,))
+            await wait_until(lambda: len(got) >= 7)
             consumer.stop()
     finally:
         await client.aclose()

@@ -13,18 +13,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from actions.models import PauseDeployment, RunDeployment, SendNotification
-from automations.keys import Keys
+from automations.keys import DISPATCH_GROUP, ENGINE_GROUP, Keys
 from automations.models import Automation
 from automations.runtime.deployments import Deployment, DeploymentStore
 from automations.runtime.flow_runs import FlowRun, FlowRunStore, build_flow_run
@@ -34,24 +33,13 @@ from automations.store import AutomationStore
 from tests.runtime.conftest import read_events
 from tests.runtime.processes import running, service_env
 from tests.sinks import SmtpSink
+from tests.wait import acknowledged, wait_until
 from triggers.models import EventTrigger, Posture
 
 FLOWS = Path(__file__).with_name("flowdefs.py")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-T = TypeVar("T")
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await anyio.sleep(0.1)
 
 
 @pytest.fixture
@@ -99,7 +87,7 @@ async def test_completed_flow_runs_the_next_deployment_with_templated_parameters
         found = [r for r in await runs.all() if r.deployment_name == "second"]
         return found[0] if found and found[0].state.type == StateType.COMPLETED else None
 
-    b = await eventually(second_done)
+    b = await wait_until(second_done, timeout=30)
     assert b.parameters == {"x": a.name}
     assert b.creator is not None and b.creator["id"] == str(chain.id)
     completed = [e for e in await read_events(redis, keys)
@@ -134,11 +122,20 @@ async def test_three_failures_within_a_minute_send_one_email(
         found = await runs.all()
         return len(found) == 4 and all(r.state.type == StateType.FAILED for r in found)
 
-    await eventually(all_failed)
+    await wait_until(all_failed, timeout=30)
     [mail] = await smtp_sink.wait_for(1, timeout=20)
     assert "storm" in mail.subject
-    await anyio.sleep(1.0)  # the 4th failure is inside the same window: still one email
-    assert len(smtp_sink.messages) == 1
+
+    async def all_handled() -> bool:
+        """The engine has handled every event (the 4th failure among them), then the
+        dispatcher every firing: a second email would have been sent by now."""
+        failures = [e for e in await read_events(redis, keys)
+                    if e.event == "prefect.flow-run.Failed"]
+        return (len(failures) == 4 and await acknowledged(redis, keys.events, ENGINE_GROUP)
+                and await acknowledged(redis, keys.firings, DISPATCH_GROUP))
+
+    await wait_until(all_handled, timeout=30)
+    assert len(smtp_sink.messages) == 1  # the 4th failure is inside the same window
 
 
 async def test_proactive_automation_pauses_a_stuck_deployment(
@@ -166,10 +163,19 @@ async def test_proactive_automation_pauses_a_stuck_deployment(
         dep = await deployments.get(stuck.id)
         return dep is not None and dep.paused
 
-    await eventually(paused, timeout=40)
+    await wait_until(paused, timeout=40)
+    paused_at = time.time()
     before = len(await runs.all())
     assert before >= 1
-    await anyio.sleep(7.0)  # two schedule intervals and more: no new run while paused
+
+    async def a_due_time_passed() -> bool:
+        """The scheduler moves a paused schedule's cursor too, without creating its runs: once
+        it is past the pause by more than the 3 s interval, a run came due meanwhile."""
+        cursors: Any = await redis.hgetall(keys.schedule_cursors)
+        return any(field.decode().startswith(f"{stuck.id}:") and float(at) > paused_at + 3.5
+                   for field, at in cursors.items())
+
+    await wait_until(a_due_time_passed)
     assert len(await runs.all()) == before
 
 
@@ -194,6 +200,6 @@ async def test_quick_start_examples_chain_extract_into_report(
         found = [r for r in await runs.all() if r.deployment_name == "report"]
         return found[0] if found and found[0].state.type == StateType.COMPLETED else None
 
-    report = await eventually(report_done)
+    report = await wait_until(report_done, timeout=30)
     [extract] = [r for r in await runs.all() if r.deployment_name == "extract-hourly"]
     assert report.parameters == {"audience": "team", "upstream": extract.name}

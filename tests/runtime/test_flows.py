@@ -13,7 +13,7 @@ from automations.events import Event
 from automations.keys import Keys
 from automations.runtime.states import flow_id
 from automations.settings import Settings
-from tests.redis_server import RedisServer
+from bench.redis_server import RedisServer
 from tests.runtime.conftest import names, read_events
 
 

@@ -8,8 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from automations.runtime.states import StateType
 from automations.runtime.worker import Worker
 from automations.settings import Settings
 from tests.runtime.conftest import names, read_events
+from tests.wait import wait_until
 
 FLOWS = Path(__file__).with_name("flowdefs.py")
 
@@ -44,16 +43,6 @@ async def _start(redis: aioredis.Redis, settings: Settings, dep: Deployment,
     store = FlowRunStore(redis, settings)
     run, _ = await store.create(build_flow_run(dep, params))
     return store, run
-
-
-async def _wait_for(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = await check()
-        if found:
-            return found
-        await anyio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_worker_runs_a_deployment_to_completion(
@@ -110,6 +99,22 @@ async def test_a_run_is_claimed_once_even_if_queued_twice(
     assert (await store.require(run.id)).state.type == StateType.COMPLETED
 
 
+async def test_a_non_utf8_run_id_is_dead_lettered_without_holding_up_its_batch(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, tmp_path: Path
+) -> None:
+    await redis.xadd(keys.runs, {b"id": b"\xff\xfe"})
+    dep = await _deploy(redis, keys, tmp_path, "adder", a=1)
+    store, run = await _start(redis, settings, dep, b=2)
+
+    assert await Worker(redis, settings).run_until_idle() == 2
+
+    assert (await store.require(run.id)).state.type == StateType.COMPLETED
+    dead: Any = await redis.xrange(keys.dead(keys.runs))
+    [(_, fields)] = dead
+    assert fields[b"deliveries"] == b"1"
+    assert b"not UTF-8" in fields[b"reason"]
+
+
 async def test_cancel_flow_run_kills_the_process(
     redis: aioredis.Redis, keys: Keys, settings: Settings, tmp_path: Path
 ) -> None:
@@ -119,10 +124,10 @@ async def test_cancel_flow_run_kills_the_process(
     worker = Worker(redis, settings.model_copy(update={"worker_poll_s": 0.1}))
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run)
-        await _wait_for(lambda: _async(marker.exists()))
+        await wait_until(marker.exists, timeout=15)
         cancelling = await store.cancel(run.id, "enough")
         assert cancelling.state.type == StateType.CANCELLING
-        done = await _wait_for(lambda: _state_is(store, run, StateType.CANCELLED))
+        done = await wait_until(lambda: _state_is(store, run, StateType.CANCELLED), timeout=15)
         worker.stop()
     assert done.state.type == StateType.CANCELLED
     pid = int(marker.read_text())
@@ -153,8 +158,8 @@ async def test_runs_of_a_dead_worker_are_marked_crashed(
            "AUTOMATIONS_BLOCK_MS": "50"}
     proc = subprocess.Popen([sys.executable, "-m", "automations", "worker"], env=env)
     try:
-        await _wait_for(lambda: _async(marker.exists()))
-        await _wait_for(lambda: _state_is(store, run, StateType.RUNNING))
+        await wait_until(marker.exists, timeout=15)
+        await wait_until(lambda: _state_is(store, run, StateType.RUNNING), timeout=15)
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
     finally:
@@ -169,12 +174,8 @@ async def test_runs_of_a_dead_worker_are_marked_crashed(
         await scheduler.tick(datetime.now(UTC))
         return await _state_is(store, run, StateType.CRASHED)
 
-    crashed = await _wait_for(swept)
+    crashed = await wait_until(swept, timeout=15)
     assert "stopped heartbeating" in crashed.state.message
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 async def _state_is(store: FlowRunStore, run: FlowRun, kind: StateType) -> FlowRun | None:
