@@ -185,11 +185,16 @@ class Dispatcher:
                         await self._stopping.wait()
 
     async def _guarded_retry(self, job: RetryJob) -> None:
+        """One retry job; whatever goes wrong, its lease runs out and it is claimed again, so
+        a failure here must not cancel its siblings."""
         try:
             await self.run_retry(job)
-        except Exception as exc:  # Redis away mid-attempt: the lease runs out, it comes back
+        except CONNECTION_ERRORS as exc:
             log.warning("retry of action %s interrupted (%s: %s); it will run again when its "
                         "lease ends", job.key, type(exc).__name__, exc)
+        except Exception:
+            log.exception("retry of action %s failed; it will run again when its lease ends",
+                          job.key)
 
     async def _claim_retries(self, limit: int) -> list[RetryJob]:
         """Due jobs, no more than ``limit`` (free action slots: a leased job should not wait
