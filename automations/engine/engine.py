@@ -29,6 +29,8 @@ import anyio
 import orjson
 import redis.asyncio as aioredis
 
+from automations.backoff import Backoff
+from automations.connection import CONNECTION_ERRORS
 from automations.engine.follows import FollowsOrdering
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
 from automations.engine.outbox import Announcer, automation_resource
@@ -179,12 +181,25 @@ class Engine:
                 return handled
 
     async def _release_loop(self) -> None:
+        """``release_lost`` about every second. An outage backs off (logged once); anything
+        else is a bug, logged with its traceback, and must not stop the engine."""
+        period = min(1.0, max(self.settings.follows_wait_s, 0.05))
+        redis_backoff = Backoff("engine: releasing lost followers",
+                                cap_s=self.settings.reconnect_max_s, logger=log)
+        delay = period
         while True:
-            await anyio.sleep(min(1.0, max(self.settings.follows_wait_s, 0.05)))
+            await anyio.sleep(delay)
             try:
                 await self.release_lost()
-            except Exception:  # Redis away: the consumer loop reports it; try again later
-                log.debug("releasing lost followers failed", exc_info=True)
+            except CONNECTION_ERRORS as exc:
+                delay = redis_backoff.next_delay(exc)
+                continue
+            except Exception as exc:
+                log.exception("engine: releasing lost followers failed")
+                delay = max(period, redis_backoff.next_delay(exc, outage=False))
+                continue
+            redis_backoff.recovered()
+            delay = period
 
     async def release_lost(self) -> int:
         """Evaluate followers held longer than ``follows_wait_s`` (their leader never came)."""
@@ -296,7 +311,7 @@ class Engine:
                 template = step.keyed(*encode(
                     compiled, compiled.bucketing_key_parts(resource, related)))
             if step.spec.fires_at_once:
-                batch.add_ready(number, step.spec, template[1])
+                batch.add_ready(number, step.spec, template)
             else:
                 batch.add_op(number, step.spec, template)
 

@@ -34,14 +34,15 @@ class Step:
     spec: WindowSpec
     compiled: CompiledTrigger
     template: OpTemplate | None  # the whole op template when the trigger has no for_each
-    prefixes: tuple[str, str, str]  # bucket, held and unresolved key prefixes (for_each)
-    flags: tuple[int, int]  # after (opens a window), expect (counted)
+    prefixes: tuple[str, str, str]  # bucket, held and unresolved keys without the key part
+    after: bool  # the name opens a window
+    expect: bool  # the name is counted
 
     def keyed(self, key_str: str, labels: str) -> OpTemplate:
         bucket, held, unresolved = self.prefixes
-        return (
-            bucket + key_str, labels, held + key_str if held else "", *self.flags,
-            unresolved + key_str if unresolved else "",
+        return (  # in ``OpTemplate`` order
+            self.spec.ref, bucket + key_str, labels, held + key_str if held else "",
+            self.after, self.expect, unresolved + key_str if unresolved else "",
         )
 
 
@@ -99,21 +100,16 @@ class Planner:
     def _step(self, spec: WindowSpec, compiled: CompiledTrigger, name: str) -> Step:
         keys = self.keys
         aid, tid = spec.automation_id, spec.trigger_id
-        flags = (1 if compiled.starts_after(name) else 0, 1 if compiled.expects(name) else 0)
-        with_unresolved = spec.proactive and spec.top_level
-        if not compiled.for_each:
-            template: OpTemplate = (
-                keys.bucket(aid, tid, ""), "{}",
-                keys.held_expect(aid, tid, "") if spec.has_after else "", *flags,
-                keys.unresolved(aid, tid, "") if with_unresolved else "",
-            )
-            return Step(spec, compiled, template, ("", "", ""), flags)
+        after, expect = compiled.starts_after(name), compiled.expects(name)
         prefixes = (
             keys.bucket(aid, tid, ""),
             keys.held_expect(aid, tid, "") if spec.has_after else "",
-            keys.unresolved(aid, tid, "") if with_unresolved else "",
+            keys.unresolved(aid, tid, "") if spec.proactive and spec.top_level else "",
         )
-        return Step(spec, compiled, None, prefixes, flags)
+        step = Step(spec, compiled, None, prefixes, after, expect)
+        if compiled.for_each:
+            return step
+        return Step(spec, compiled, step.keyed("", "{}"), prefixes, after, expect)
 
     def encode(self, compiled: CompiledTrigger, key: tuple[str, ...]) -> tuple[str, str]:
         """The bucket key suffix and the triggering labels JSON of a ``for_each`` key."""

@@ -8,10 +8,25 @@ inside the same script: each parent keeps the latest firing per child in the has
 ``keys.composite(automation, parent)``, expires old ones (``within``, wall clock), checks
 ``any``/``all``/N or the sequence order and clears the hash when it fires (check-and-clear
 is atomic because it is part of the script). Child labels are merged into the parent firing.
+
+The spec JSON, short because every script call decodes the specs its ops use (the timer
+reads the same JSON from ``keys.trigger_specs``, the global windows from
+``keys.proactive_globals``):
+
+- ``a`` automation id, ``t`` trigger id, ``ix`` position in the automation's trigger walk
+- ``p`` 1 Proactive, 0 Reactive; ``th`` threshold; ``w`` within (us)
+- ``af`` 1 when ``after`` is set; ``fe`` 1 when ``for_each`` is set
+- ``im`` 1 when immediate (``immediate``: fires on every covered event, keeps no bucket)
+- ``gk``/``gu`` global proactive triggers only: the key of their one bucket and of its
+  Resolved counter ("" unless top level)
+- ``ch`` the composite parents, innermost first, one link each: ``k`` the composite hash key,
+  ``t`` the parent's trigger id, ``s`` 1 for a sequence, ``n`` children needed, ``w`` within
+  (us, -1: none), ``o`` the children's trigger ids in declared order
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -31,6 +46,8 @@ from triggers.models import (
     effective_within,
 )
 
+_REFS = itertools.count(1)
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class WindowSpec:
@@ -49,6 +66,9 @@ class WindowSpec:
     # when the event is new (``ids_json``: its automation and trigger id fields)
     fires_at_once: bool = False
     ids_json: str = ""
+    # names the spec in a script call (short, unique in the process: op templates carry it,
+    # so they need no per-call numbering)
+    ref: str = ""
 
     @property
     def trigger_id(self) -> str:
@@ -125,5 +145,6 @@ def window_specs(automation_id: UUID, trigger: Trigger, keys: Keys) -> list[Wind
             ordinal=ordinal,
             fires_at_once=top_level and immediate(t),
             ids_json=f'"automation_id":"{aid}","trigger_id":"{tid}"',
+            ref=str(next(_REFS)),
         ))
     return specs

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypedDict
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,7 +42,36 @@ HELD_KEEP_S = 15 * 60  # held expect events outlive their window by 15 min
 UNRESOLVED_TTL_S = 7 * 24 * 3600  # how long a proactive firing waits for its resolution
 TICK_LIMIT = 500
 
-OpTemplate = tuple[str, str, str, int, int, str]  # see WindowBatch.add_op
+
+# An op template: what an (event, trigger) operation needs beyond the event, built once per
+# trigger and event name, or per ``for_each`` key (``plan.Step.keyed``), and shared by the
+# ops that use it. A plain tuple: a call carries ~2,000 ops, and as JSON objects they cost ~8%
+# more matching time and ~3% more Redis time (orjson serializes no NamedTuple). Positions, by
+# the names apply.lua gives them (its T_* locals, 1-based there):
+T_SPEC: Final = 0  # ``WindowSpec.ref`` of the trigger
+T_BUCKET: Final = 1  # bucket key
+T_LABELS: Final = 2  # triggering labels JSON
+T_HELD: Final = 3  # held expect events key ("" without ``after``)
+T_AFTER: Final = 4  # the event opens a window
+T_EXPECT: Final = 5  # the event is counted
+T_UNRESOLVED: Final = 6  # Resolved counter key of a top-level proactive trigger ("" otherwise)
+OpTemplate = tuple[str, str, str, str, bool, bool, str]
+
+
+class EventItem(TypedDict):
+    """One event of an ``apply`` call as the script reads it (its raw JSON and ready firings
+    travel apart, see ``Window.apply``)."""
+
+    id: str
+    occurred: int  # us
+    seen: str  # its dedupe key
+    leader_seen: str  # the seen key of the event it follows ("" when none)
+    leader_followers: str  # the followers set of that event ("" when none)
+    waits: bool  # may be held until its leader is processed
+    followers: str  # its own followers set (released once it is processed)
+    counts: bool  # moves the events clock (``prefect.log.write`` does not)
+    ready: int  # firings the engine wrote for it (``add_ready``)
+    ops: list[int]  # its templates (1-based numbers into the call's templates), in order
 
 
 def script_source(name: str) -> str:
@@ -52,20 +81,23 @@ def script_source(name: str) -> str:
 
 @dataclass(slots=True)
 class WindowBatch:
-    """The events of one ``apply`` call and their (event, trigger) operations, in order."""
+    """The events of one ``apply`` call and their (event, trigger) operations, in order.
+
+    The script gets the specs as a JSON object by ``WindowSpec.ref``, the events as a list of
+    ``EventItem`` objects (read by name: ``e.seen``, ``e.ops``...), each listing its ops as
+    numbers into the list of ``OpTemplate`` arrays (read by position: ``o[T_BUCKET]``...);
+    the top of ``apply.lua`` lists the same fields."""
 
     keys: Keys
-    specs: list[str] = field(default_factory=list)
-    events: list[list[Any]] = field(default_factory=list)
+    specs: dict[str, str] = field(default_factory=dict)  # ref -> spec JSON
+    events: list[EventItem] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     ready: list[list[str]] = field(default_factory=list)  # per event: firings written here
     iso: str = ""  # the firings' `triggered` (the call's now)
-    ready_count: int = 0
+    op_count: int = 0  # ops and ready firings
     _id_base: str = field(default_factory=lambda: str(uuid7())[:28])
     _id_seq: int = 0
-    ops: list[int] = field(default_factory=list)  # flat triples: event #, spec #, template #
     templates: list[OpTemplate] = field(default_factory=list)
-    _spec_no: dict[int, int] = field(default_factory=dict)
     _template_no: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,10 +108,6 @@ class WindowBatch:
             f"WindowBatch(events={len(self.events)}, ops={self.op_count}, "
             f"specs={len(self.specs)})"
         )
-
-    @property
-    def op_count(self) -> int:
-        return len(self.ops) // 3 + self.ready_count
 
     def new_id(self) -> str:
         """A fresh UUID (this batch's uuid7 base and a counter, as the scripts make them)."""
@@ -94,36 +122,37 @@ class WindowBatch:
         leader; ``counts``: moves the events clock (``prefect.log.write`` does not)."""
         keys = self.keys
         leader = follows if follows and follows != event_id else None
-        self.events.append([
-            event_id, occurred_us, keys.seen(event_id),
-            keys.seen(leader) if leader else "", keys.followers(leader) if leader else "",
-            1 if waits else 0, keys.followers(event_id), 1 if counts else 0, 0,
-        ])
+        self.events.append({
+            "id": event_id, "occurred": occurred_us, "seen": keys.seen(event_id),
+            "leader_seen": keys.seen(leader) if leader else "",
+            "leader_followers": keys.followers(leader) if leader else "",
+            "waits": waits, "followers": keys.followers(event_id), "counts": counts,
+            "ready": 0, "ops": [],
+        })
         self.raws.append(raw)
         self.ready.append([])
         return len(self.events)
 
-    def add_ready(self, event_no: int, spec: WindowSpec, labels: str) -> None:
+    def add_ready(self, event_no: int, spec: WindowSpec, template: OpTemplate) -> None:
         """The firing of a trigger that needs no state (``WindowSpec.fires_at_once``): written
         here, appended by the script to the event's outbox entry if the event is new."""
         self.ready[event_no - 1].append(ready_firing_json(
-            self.new_id(), spec.ids_json, self.iso, labels, self.new_id()))
-        self.events[event_no - 1][8] += 1
-        self.ready_count += 1
+            self.new_id(), spec.ids_json, self.iso, template[T_LABELS], self.new_id()))
+        self.events[event_no - 1]["ready"] += 1
+        self.op_count += 1
 
     def add_op(self, event_no: int, spec: WindowSpec, template: OpTemplate) -> None:
-        """One (event, trigger) operation; ``template`` (bucket key, labels JSON, held key,
-        after/expect flags, unresolved key) only depends on the trigger, the event name and
-        the bucket (``plan`` builds it); ops sharing one template object send it once."""
-        number = self._spec_no.get(id(spec))
-        if number is None:
-            self.specs.append(spec.json)
-            number = self._spec_no[id(spec)] = len(self.specs)
+        """One (event, trigger) operation; ``template`` (``spec`` is its trigger's) only
+        depends on the trigger, the event name and the bucket; ops sharing one template object
+        send it once."""
+        if spec.ref not in self.specs:
+            self.specs[spec.ref] = spec.json
         template_no = self._template_no.get(id(template))
         if template_no is None:  # the batch keeps ``template`` alive: its id stays unique
             self.templates.append(template)
             template_no = self._template_no[id(template)] = len(self.templates)
-        self.ops += (event_no, number, template_no)
+        self.events[event_no - 1]["ops"].append(template_no)
+        self.op_count += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +200,7 @@ class Window:
         self._apply = redis.register_script(script_source("apply"))
         self._tick = redis.register_script(script_source("tick"))
         self._static = {
-            "fs": keys.firings, "es": keys.events,
-            "dl": keys.deadlines, "gl": keys.proactive_globals,
+            "fs": keys.firings, "dl": keys.deadlines, "gl": keys.proactive_globals,
             "sk": keys.trigger_specs, "ck": keys.events_clock,
             "held": keys.held_events, "wl": keys.waitlist,
             "sweep": to_us(SWEEP_S), "lookback": to_us(LOOKBACK_S),
@@ -195,26 +223,27 @@ class Window:
         held followers (they must be evaluated right after their leader)."""
         if not batch.events:
             return ApplyResult(0, 0, 0, 0, [])
+        specs = ",".join(f'"{ref}":{json}' for ref, json in batch.specs.items())
         reply: list[Any] = await self._apply(args=[
-            self._header(now), "[" + ",".join(batch.specs) + "]",
-            orjson.dumps(batch.events), orjson.dumps(batch.ops),
+            self._header(now), "{" + specs + "}", orjson.dumps(batch.events),
             orjson.dumps(batch.templates), *batch.raws,
             *[",".join(firings) for firings in batch.ready],
         ])
+        fired, processed, parked, consumed, *released = reply  # apply.lua's reply, in order
         return ApplyResult(
-            fired=int(reply[0]), processed=int(reply[1]), parked=int(reply[2]),
-            consumed=int(reply[3]), released=[bytes(r) for r in reply[4:]],
+            fired=int(fired), processed=int(processed), parked=int(parked),
+            consumed=int(consumed), released=[bytes(r) for r in released],
         )
 
     async def tick(self, now: datetime, limit: int = TICK_LIMIT) -> TickResult:
         """Handle every bucket due "as of" now (minus consumer lag): proactive windows that
         ended fire or roll, reactive buckets past their sweep time go."""
         reply: list[Any] = await self._tick(args=[self._header(now, limit=limit)])
-        nxt = reply[2]
+        due, fired, nxt, as_of = reply  # tick.lua's reply, in order
         return TickResult(
-            due=int(reply[0]), fired=int(reply[1]),
+            due=int(due), fired=int(fired),
             next_deadline=from_micros(float(nxt)) if nxt else None,
-            as_of=from_micros(float(reply[3])),
+            as_of=from_micros(float(as_of)),
         )
 
     async def register(self, specs: Sequence[WindowSpec], *, replace: bool = False) -> None:

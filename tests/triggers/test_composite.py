@@ -9,11 +9,9 @@ import anyio
 import redis.asyncio as aioredis
 
 from automations.engine.specs import window_specs
-from automations.events import micros
 from automations.keys import Keys
 from automations.settings import Settings
 from tests.automations.engine_harness import Clock, Harness, automation, event
-from triggers.firing import Firing
 
 A, B, C = "event.a", "event.b", "event.c"
 
@@ -214,23 +212,3 @@ async def test_waiting_children_are_kept_with_an_expiry(
     assert 0 < await redis.pttl(key) <= 120_000
     assert len(await h.send(event(B, 2))) == 1
     assert not await redis.exists(key)
-
-
-async def test_child_firings_stored_whole_by_earlier_versions_still_count(
-    h: Harness, redis: aioredis.Redis, clock: Clock
-) -> None:
-    """Composite hashes written before child firings were stored apart from their event
-    ("<fired us> <#labels> <labels><firing JSON with its event>") are read as they are."""
-    a = automation(compound("all", A, B))
-    await h.load(a)
-    first_child = a.trigger.triggers[0]  # type: ignore[union-attr]
-    earlier = event(A, 0)
-    stored = Firing(automation_id=a.id, trigger_id=first_child.id, triggered=clock.now,
-                    triggering_event=earlier.to_dict())
-    value = f"{micros(clock.now)} 2 {{}}".encode() + stored.to_json()
-    await redis.hset(h.keys.composite(str(a.id), str(a.trigger.id)), str(first_child.id), value)
-    b = event(B, 1)
-    [firing] = await h.send(b)
-    assert [f.triggering_event and f.triggering_event["id"]
-            for f in firing.triggering_firings] == [str(earlier.id), str(b.id)]
-    assert firing.triggering_firings[0].id == stored.id

@@ -35,7 +35,7 @@ def test_plan_keeps_only_triggers_whose_names_match() -> None:
     assert planner.candidates("other") == ()
     assert planner.plan("flow.Failed") is planner.plan("flow.Failed")  # built once
     [step] = planner.candidates("deploy.started")
-    assert step.flags == (1, 0)  # opens a window, is not counted
+    assert (step.after, step.expect) == (True, False)  # opens a window, is not counted
 
 
 def test_static_and_keyed_templates_name_the_right_keys() -> None:
@@ -44,15 +44,17 @@ def test_static_and_keyed_templates_name_the_right_keys() -> None:
                          posture=Posture.Proactive, within=timedelta(seconds=30))
     planner, keys, (a1, a2) = planner_for(plain, keyed)
     first, second = planner.candidates("x")
-    assert first.template == (keys.bucket(a1, str(plain.id), ""), "{}", "", 0, 1, "")
+    assert first.template == (
+        first.spec.ref, keys.bucket(a1, str(plain.id), ""), "{}", "", False, True, "")
     assert second.template is None
     key_str, labels = planner.encode(second.compiled, ("r1",))
     assert (key_str, labels) == ('["r1"]', '{"prefect.resource.id":"r1"}')
     assert second.keyed(key_str, labels) == (
-        keys.bucket(a2, str(keyed.id), key_str), labels,
-        keys.held_expect(a2, str(keyed.id), key_str), 1, 1,
+        second.spec.ref, keys.bucket(a2, str(keyed.id), key_str), labels,
+        keys.held_expect(a2, str(keyed.id), key_str), True, True,
         keys.unresolved(a2, str(keyed.id), key_str),
     )
+    assert first.spec.ref != second.spec.ref
 
 
 def test_composite_children_are_ordered_and_clear_forgets_plans() -> None:

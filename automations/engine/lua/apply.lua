@@ -1,25 +1,39 @@
 -- One engine batch, atomically: dedupe, follows ordering, every bucket update, every firing.
--- (common.lua is prepended.)
+-- (common.lua is prepended.) window.py builds the inputs (WindowBatch, EventItem, OpTemplate)
+-- with the names used here.
 --
--- ARGV[2] specs (JSON list; see triggers/composite.py), ARGV[3] events (JSON list of
---   [id, occurred us, seen key, leader seen key or "", leader followers key or "",
---    waits (1 = may be held for its leader), own followers key, counts (1 = moves the clock),
---    ready (how many firings the engine wrote for it)]),
--- ARGV[4] ops (flat JSON list of triples event #, spec #, template #, ordered by event #),
--- ARGV[5] templates (JSON list of [bucket key, labels JSON, held key or "", after (0/1),
---   expect (0/1), unresolved key or ""], shared by the ops that use them),
--- ARGV[6..] raw event JSON, one per event (passed once, whatever the number of its ops), then
---   per event its ready firings (comma-joined JSON objects, "" if none): those of triggers
---   that keep no state, appended to its outbox entry if the event is new.
--- Header extras: ttl (seen s), held (held events hash), wl (waitlist zset), fttl (followers
---   set ttl ms), ck (events clock hash).
+-- ARGV[2] specs: JSON object, WindowSpec.ref -> spec (fields: automations/engine/specs.py).
+-- ARGV[3] events, in order, one object each:
+--   id                event id
+--   occurred          occurred (us)
+--   seen              its dedupe key
+--   leader_seen       the seen key of the event it follows, "" when none
+--   leader_followers  that leader's followers set, "" when none
+--   waits             true: may be held until its leader is processed
+--   followers         its own followers set
+--   counts            true: moves the events clock (prefect.log.write does not)
+--   ready             how many firings the engine wrote for it (triggers keeping no state)
+--   ops               its op templates (numbers into ARGV[4]), in evaluation order
+-- ARGV[4] op templates, shared by the ops that use them: arrays (ops are most of a call and
+--   objects would cost ~3% more here), positions named as in window.py:
+--   T_SPEC            the trigger's spec (a key of ARGV[2])
+--   T_BUCKET          bucket key
+--   T_LABELS          triggering labels JSON
+--   T_HELD            held expect events key, "" without after
+--   T_AFTER           true: the event opens a window
+--   T_EXPECT          true: the event is counted
+--   T_UNRESOLVED      Resolved counter key of a top-level proactive trigger, else ""
+-- ARGV[5 ..] the raw JSON of every event (passed apart: not escaped into ARGV[3]), then per
+--   event its ready firings (comma-joined JSON objects, "" if none), appended to its outbox
+--   entry if the event is new.
 -- Returns {fired, processed, parked, events consumed, released raw JSON...}: the script stops
 -- after the first event that releases held followers, so they are evaluated right after it.
 local SPECS = cjson.decode(ARGV[2])
 local EVS = cjson.decode(ARGV[3])
-local OPS = cjson.decode(ARGV[4])
-local TPL = cjson.decode(ARGV[5])
-local NOPS = #OPS
+local TPL = cjson.decode(ARGV[4])
+local T_SPEC, T_BUCKET, T_LABELS, T_HELD, T_AFTER, T_EXPECT, T_UNRESOLVED = 1, 2, 3, 4, 5, 6, 7
+local RAW_AT = 4  -- ARGV[RAW_AT + i]: event i's raw JSON
+local READY_AT = RAW_AT + #EVS  -- ARGV[READY_AT + i]: event i's ready firings
 
 local function hold(hk, sp, ev)
   redis.call('ZADD', hk, fmt(ev.t), ev.id .. ' ' .. ev.raw)
@@ -95,55 +109,53 @@ local processed, parked = 0, 0
 local clock = tonumber(redis.call('HGET', H.ck, 'c') or 'nil')
 local globals_done = false
 local any_held = redis.call('EXISTS', H.held) == 1
-local oi = 1
 local consumed = #EVS
 for ei = 1, #EVS do
   local e = EVS[ei]
-  local raw = ARGV[5 + ei]
+  local raw = ARGV[RAW_AT + ei]
   local go = false
-  if e[4] == '' then
-    go = redis.call('SET', e[3], '1', 'NX', 'EX', H.ttl) ~= false
-  elseif redis.call('EXISTS', e[3]) == 0 then
-    if e[6] == 1 and redis.call('EXISTS', e[4]) == 0 then
+  if e.leader_seen == '' then
+    go = redis.call('SET', e.seen, '1', 'NX', 'EX', H.ttl) ~= false
+  elseif redis.call('EXISTS', e.seen) == 0 then
+    if e.waits and redis.call('EXISTS', e.leader_seen) == 0 then
       -- the leader has not been processed: hold the follower in Redis until it is
-      redis.call('SADD', e[5], e[1])
-      redis.call('PEXPIRE', e[5], H.fttl)
-      redis.call('HSET', H.held, e[1], raw)
-      redis.call('ZADD', H.wl, 'NX', fmt(NOW), e[1])
+      redis.call('SADD', e.leader_followers, e.id)
+      redis.call('PEXPIRE', e.leader_followers, H.fttl)
+      redis.call('HSET', H.held, e.id, raw)
+      redis.call('ZADD', H.wl, 'NX', fmt(NOW), e.id)
       parked = parked + 1
       any_held = true
     else
-      redis.call('SET', e[3], '1', 'EX', H.ttl)
-      if redis.call('HDEL', H.held, e[1]) == 1 then redis.call('ZREM', H.wl, e[1]) end
+      redis.call('SET', e.seen, '1', 'EX', H.ttl)
+      if redis.call('HDEL', H.held, e.id) == 1 then redis.call('ZREM', H.wl, e.id) end
       go = true
     end
   end
-  if go and e[8] == 1 then  -- the events clock moves before the event is evaluated
-    local at = math.min(e[2], NOW)
+  if go and e.counts then  -- the events clock moves before the event is evaluated
+    local at = math.min(e.occurred, NOW)
     if clock == nil or at > clock then clock = at end
     ASOF = clock
     processed = processed + 1
     if not globals_done then ensure_globals(); globals_done = true end
   end
-  if go and e[9] > 0 then  -- firings the engine wrote (triggers that keep no state)
-    out_entry(e[1], raw)
-    OUT[#OUT + 1] = ARGV[5 + #EVS + ei]
-    FIRED = FIRED + e[9]
+  if go and e.ready > 0 then  -- firings the engine wrote (triggers that keep no state)
+    out_entry(e.id, raw)
+    OUT[#OUT + 1] = ARGV[READY_AT + ei]
+    FIRED = FIRED + e.ready
   end
-  -- one event table per event, its per-trigger fields set per op (nothing keeps it)
-  local ev = {id = e[1], t = e[2], raw = raw, A = false, E = false, hk = ''}
-  while oi <= NOPS and OPS[oi] == ei do
-    if go then
-      local o = TPL[OPS[oi + 2]]
-      ev.A = o[4] == 1; ev.E = o[5] == 1; ev.hk = o[3]
-      on_event(SPECS[OPS[oi + 1]], o[1], o[2], o[3], o[6], ev)
+  if go then
+    -- one event table per event, its per-trigger fields set per op (nothing keeps it)
+    local ev = {id = e.id, t = e.occurred, raw = raw, A = false, E = false, hk = ''}
+    for _, n in ipairs(e.ops) do
+      local o = TPL[n]
+      ev.A = o[T_AFTER]; ev.E = o[T_EXPECT]; ev.hk = o[T_HELD]
+      on_event(SPECS[o[T_SPEC]], o[T_BUCKET], o[T_LABELS], o[T_HELD], o[T_UNRESOLVED], ev)
     end
-    oi = oi + 3
   end
   if go and any_held then  -- nothing is held (the usual case): no followers to look up
-    local followers = redis.call('SMEMBERS', e[7])
+    local followers = redis.call('SMEMBERS', e.followers)
     if #followers > 0 then
-      redis.call('DEL', e[7])
+      redis.call('DEL', e.followers)
       for _, fid in ipairs(followers) do
         local fraw = redis.call('HGET', H.held, fid)
         if fraw then released[#released + 1] = fraw end

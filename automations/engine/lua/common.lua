@@ -1,16 +1,30 @@
 -- Shared window state machine (reference sections 3.3, 3.4, 3.11, 3.13), prepended to
--- apply.lua and tick.lua by triggers/window.py. Everything here runs inside ONE script call,
--- so a bucket's read-modify-write, the firing it causes (firings stream = outbox), the
--- prefect.automation.triggered event and last_fired are a single atomic step.
+-- apply.lua and tick.lua by automations/engine/window.py. Everything here runs inside ONE
+-- script call, so a bucket's read-modify-write and the firing it causes (firings stream =
+-- outbox) are a single atomic step.
 --
 -- Times are integer microseconds (exact in a Lua double); they are always written with
 -- fmt() because Redis would format a Lua number with 14 significant digits.
 --
--- ARGV[1] is the header (JSON): now (wall us), iso (wall ISO), idb (28-char id base), fs
--- (firings stream), es (events stream), dl
--- (deadlines zset), sweep (us a reactive bucket lives after its end), lookback (us),
--- held_keep (us a held expect event outlives its window), uttl (s an unresolved proactive
--- firing waits for its resolution), gl (hash trigger id -> spec of global proactive triggers).
+-- ARGV[1] is the header, a JSON object (window.py, Window._header), the same for both scripts:
+--   now        wall clock (us)
+--   iso        wall clock (ISO 8601), the firings' `triggered`
+--   idb        28-char uuid7 base of the ids the script makes (newid)
+--   fs         firings stream (the outbox)
+--   dl         deadlines zset (bucket key -> due us)
+--   gl         hash trigger id -> spec, global proactive triggers (ensure_globals)
+--   sk         hash trigger id -> spec, every enabled trigger (the timer's lookup)
+--   ck         events clock hash (c: clock us, u: wall us it was set at)
+--   held       hash of held followers (event id -> raw JSON)
+--   wl         waitlist zset of held followers (event id -> wall us held at)
+--   sweep      us a reactive bucket lives past its end
+--   lookback   us a first window is backdated by
+--   held_keep  us a held expect event outlives its window
+--   uttl       s an unresolved proactive firing waits for its resolution
+--   ttl        s an event stays marked seen
+--   fttl       ms a followers set lives
+--   limit      tick.lua only: due buckets handled per call
+-- Spec fields (sp.a, sp.th, sp.ch...) are listed in automations/engine/specs.py.
 local H = cjson.decode(ARGV[1])
 local NOW = H.now
 local ISO = H.iso
@@ -256,7 +270,6 @@ end
 -- outbox may list a child in the short form when the child's event is the entry's event
 -- (triggers/firing.py fills it in), so the ~1 KB event is not copied into every child.
 local function child_json(it)
-  if it.whole then return it.fj end  -- stored by an earlier version, event included
   return string.sub(it.fj, 1, -2) .. ',"triggering_event":' .. (it.raw or 'null') .. '}'
 end
 
@@ -274,26 +287,15 @@ local function composite_state(c)
   local all = redis.call('HGETALL', c.k)
   for j = 1, #all, 2 do
     local v = all[j + 1]
-    local it = {id = all[j]}
     local t, nl, ni, nj, at = string.match(v, '^(%d+) (%d+) (%d+) (%d+) ()')
-    if t then
-      nl, ni, nj = tonumber(nl), tonumber(ni), tonumber(nj)
-      it.lb = string.sub(v, at, at + nl - 1)
-      at = at + nl
-      if ni > 0 then it.eid = string.sub(v, at, at + ni - 1) end
-      at = at + ni
-      it.fj = string.sub(v, at, at + nj - 1)
-      local raw = string.sub(v, at + nj)
-      if raw ~= '' then it.raw = raw end
-    else  -- "<fired us> <#labels> <labels><firing json with its event>"
-      local n, rest
-      t, n, rest = string.match(v, '^(%d+) (%d+) ()')
-      n = tonumber(n)
-      it.lb = string.sub(v, rest, rest + n - 1)
-      it.fj = string.sub(v, rest + n)
-      it.whole = true
-    end
-    it.t = tonumber(t)
+    nl, ni, nj = tonumber(nl), tonumber(ni), tonumber(nj)
+    local it = {id = all[j], t = tonumber(t), lb = string.sub(v, at, at + nl - 1)}
+    at = at + nl
+    if ni > 0 then it.eid = string.sub(v, at, at + ni - 1) end
+    at = at + ni
+    it.fj = string.sub(v, at, at + nj - 1)
+    local raw = string.sub(v, at + nj)
+    if raw ~= '' then it.raw = raw end
     st.items[all[j]] = it
     st.loaded[all[j]] = true
     st.stored = true
@@ -400,7 +402,7 @@ local function fire(sp, b, evraw, evid)
     local fjs = {}
     for k, it in ipairs(items) do
       -- the root firing's children whose event is its entry's event: the short form
-      if last and evid and it.eid == evid and not it.whole then
+      if last and evid and it.eid == evid then
         fjs[k] = it.fj
       else
         fjs[k] = child_json(it)

@@ -2,7 +2,6 @@
 -- deadline is due "as of" now plus the events-clock offset (reference 3.7) is claimed
 -- (ZREM) and handled in this one script, so with several timers each fires exactly once.
 --
--- Header extras: sk (trigger specs hash), ck (events clock hash), limit (buckets per call).
 -- Due buckets are taken by deadline (a page of `limit`), then evaluated per automation in
 -- trigger walk order, deadline and key, as the reference's proactive pass does.
 -- Returns {due handled, fired, next deadline (us) or false, as_of (us)}.
