@@ -20,6 +20,13 @@ MAX_EVENT_NAME = 1024
 MAX_LABELS = 500
 MAX_RELATED = 100
 MAX_EVENT_BYTES = 1_500_000
+MAX_EVENT_DEPTH = 64
+"""Nesting levels of an event's JSON (the event object is level 1, ``payload`` level 2).
+orjson reads 1,023 levels, pydantic's JSON parser about 200 and its serializer about 254: an
+event the engine accepts must survive being embedded in a firing and an announcement, which
+add a few levels each, so every entry point refuses deeper events with this one limit."""
+MAX_PAYLOAD_DEPTH = MAX_EVENT_DEPTH - 1
+TOO_DEEP = f"event nests more than {MAX_EVENT_DEPTH} levels (payload at most {MAX_PAYLOAD_DEPTH})"
 
 RESOURCE_ID = "prefect.resource.id"
 RESOURCE_ROLE = "prefect.resource.role"
@@ -60,6 +67,27 @@ def to_us(seconds: float) -> int:
     return round(seconds * US)
 
 
+def nesting(value: Any, limit: int) -> int:
+    """Levels of containers in ``value`` (a scalar is 0), counted up to ``limit + 1``: the walk
+    stops as soon as the limit is passed, so a hostile document costs no more than a valid one."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                return deepest
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
 def _check_labels(labels: Mapping[str, Any], where: str) -> None:
     if len(labels) > MAX_LABELS:
         raise ValueError(f"{where} has {len(labels)} labels; at most {MAX_LABELS} are allowed")
@@ -93,6 +121,8 @@ class Event(BaseModel):
             _check_labels(related, f"related[{i}]")
             if not related.get(RESOURCE_ROLE):
                 raise ValueError(f"related[{i}] needs a non-empty '{RESOURCE_ROLE}' label")
+        if nesting(self.payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
+            raise ValueError(TOO_DEEP)
         return self
 
     # -- convenience -------------------------------------------------------------------
@@ -131,6 +161,9 @@ class Event(BaseModel):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
+            if any("recursion limit" in err["msg"] for err in exc.errors(include_url=False)):
+                # pydantic's parser stops near 200 levels: the same limit, the same words
+                raise InvalidEvent(TOO_DEEP) from None
             raise InvalidEvent(format_validation_error(exc)) from None
 
     @classmethod

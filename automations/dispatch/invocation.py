@@ -23,7 +23,12 @@ from actions.models import Action
 from actions.secrets import Redactor
 from actions.templating import LAZY_NAMES, EventView, Loader, ResourceView
 from automations.dispatch.ports import AutomationView, Ports
-from automations.engine.outbox import automation_resource, related_of, triggered_event_json
+from automations.engine.outbox import (
+    automation_resource,
+    embeddable,
+    related_of,
+    triggered_event_json,
+)
 from automations.events import RESOURCE_ID, RESOURCE_ROLE, Event
 from triggers.firing import Firing, TriggerState
 
@@ -81,10 +86,11 @@ def state_event(automation: AutomationView, firing: Firing, state: TriggerState)
              "triggered": firing.model_dump(mode="json")["triggered"],
              "triggering_labels": firing.triggering_labels}
     leader = triggering.get("id") if triggering else None
+    raw, cut = embeddable(orjson.dumps(triggering) if triggering is not None else None)
     made = triggered_event_json(
-        shape, orjson.dumps(triggering) if triggering is not None else None,
-        related_of(str(leader).encode() if leader else None),
-        orjson.dumps(automation_resource(automation.id, automation.name, automation.trigger)))
+        shape, raw, related_of(str(leader).encode() if leader else None),
+        orjson.dumps(automation_resource(automation.id, automation.name, automation.trigger)),
+        cut=cut)
     assert made is not None  # the shape names its event id
     return Event.model_validate_json(made[1])
 

@@ -20,7 +20,7 @@ from uuid import UUID
 import orjson
 
 from automations.errors import EventTooLarge, InvalidEvent
-from automations.events import MAX_EVENT_BYTES, RESOURCE_ID, Event, micros, to_us
+from automations.events import MAX_EVENT_BYTES, RESOURCE_ID, TOO_DEEP, Event, micros, to_us
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject
 
@@ -94,6 +94,8 @@ def decode_event(raw: bytes, index: NameIndex) -> Incoming:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise InvalidEvent(TOO_DEEP) from None
         raise InvalidEvent(f"not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidEvent("an event must be a JSON object")

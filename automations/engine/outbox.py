@@ -36,7 +36,7 @@ from uuid import UUID
 import orjson
 import redis.asyncio as aioredis
 
-from automations.events import RESOURCE_ID, RESOURCE_NAME
+from automations.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, RESOURCE_ID, RESOURCE_NAME, nesting
 from automations.keys import ANNOUNCE_GROUP, Keys
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject, StreamConsumer
@@ -144,13 +144,47 @@ def related_of(event_id: bytes | None) -> bytes:
                           "prefect.resource.role": "triggering-event"}])
 
 
+EMBEDDED_DEPTH = MAX_EVENT_DEPTH - 2
+"""An announcement holds its triggering event at level 3 (announcement, payload, event)."""
+SUMMARY_KEYS = ("id", "occurred", "event", "resource", "related")
+
+
+def embeddable(event_raw: bytes | None) -> tuple[bytes | None, bool]:
+    """The triggering event as an announcement can hold it within the event limits, and
+    whether it had to be cut down: an accepted event just under the size or depth limit would
+    otherwise make an announcement the engine refuses. A cut event keeps its identity and
+    labels (``SUMMARY_KEYS``) without its payload. Counting brackets bounds the depth, so the
+    usual event is never parsed here."""
+    if event_raw is None:
+        return None, False
+    size_ok = len(event_raw) <= MAX_EVENT_BYTES - 64 * 1024
+    if size_ok and event_raw.count(b"{") + event_raw.count(b"[") <= EMBEDDED_DEPTH:
+        return event_raw, False
+    try:
+        event = orjson.loads(event_raw)
+    except orjson.JSONDecodeError:
+        return None, True
+    if not isinstance(event, dict):
+        return None, True
+    if size_ok and nesting(event, EMBEDDED_DEPTH) <= EMBEDDED_DEPTH:
+        return event_raw, False
+    summary = {key: event[key] for key in SUMMARY_KEYS if key in event}
+    summary["payload"] = {}
+    raw = orjson.dumps(summary)
+    if len(raw) > MAX_EVENT_BYTES // 2:
+        raw = orjson.dumps({key: event.get(key) for key in ("id", "occurred", "event")})
+    return raw, True
+
+
 def triggered_event_json(
-    firing: dict[str, Any], event_raw: bytes | None, related: bytes, resource: bytes | None
+    firing: dict[str, Any], event_raw: bytes | None, related: bytes, resource: bytes | None,
+    *, cut: bool = False,
 ) -> tuple[bytes, bytes] | None:
     """``(event id, event JSON)`` of the ``prefect.automation.triggered``/``resolved`` event
     (reference 3.13) of one firing (``None`` if it names no event id).
     ``resource``: the automation's (id, name, posture); only its id when it is unknown here
-    (deleted since it fired)."""
+    (deleted since it fired). ``event_raw`` comes through ``embeddable``; ``cut`` says it was
+    cut down, which the payload's ``triggering_event_truncated`` tells readers."""
     event_id = firing.get("automation_triggered_event_id")
     if not isinstance(event_id, str):
         return None
@@ -165,6 +199,7 @@ def triggered_event_json(
         b',"related":', related,
         b',"payload":{"triggering_labels":', orjson.dumps(firing.get("triggering_labels") or {}),
         b',"triggering_event":', event_raw if event_raw is not None else b"null",
+        b',"triggering_event_truncated":true' if cut else b"",
         b'},"follows":null}',
     ))
     return event_id.encode(), data
@@ -232,10 +267,12 @@ class Announcer:
                 log.warning("outbox entry %s not announced: %s", entry.id, exc)
                 continue
             related = related_of(entry.fields.get(b"event_id"))
+            event_raw, cut = embeddable(event_raw)
             for item in items:
                 last_fired[str(item.get("automation_id"))] = str(item.get("triggered"))
                 made = triggered_event_json(item, event_raw, related,
-                                            self.resource_of(str(item.get("automation_id"))))
+                                            self.resource_of(str(item.get("automation_id"))),
+                                            cut=cut)
                 if made is not None:
                     events += made
         pairs = [part for item in last_fired.items() for part in item]
