@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -16,13 +17,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    """``extra``: more server arguments (ACL users, TLS); the plain port stays open for the
+    readiness check, so a TLS-only client is served on its own ``--tls-port``."""
+
+    def __init__(self, directory: Path, port: int | None = None,
+                 extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not on PATH (apt-get install -y redis-server)")
         self.binary = binary
         self.directory = directory
         self.port = port or free_port()
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -34,7 +40,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no",
-             "--loglevel", "warning"],
+             "--loglevel", "warning", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -42,7 +48,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # ACL: auth needed
                         return
             except OSError:
                 time.sleep(0.02)
