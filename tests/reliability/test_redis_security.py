@@ -147,6 +147,6 @@ async def test_tls_refuses_a_server_it_cannot_verify(
     _, tls_port, _ = tls_redis
     url = f"rediss://automations:{PASSWORD}@127.0.0.1:{tls_port}/0?ssl_cert_reqs=required"
     client = connect(settings.model_copy(update={"redis_url": url}))
-    with pytest.raises(Exception, match="(?i)certificate"):
+    with pytest.raises(Exception, match=r"(?i)certificate"):
         await client.ping()
     await client.aclose()
