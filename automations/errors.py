@@ -40,5 +40,10 @@ class BusUnavailable(AutomationsError, ConnectionError):
     """Redis could not be reached; nothing was published."""
 
 
+class BusOverloaded(AutomationsError):
+    """The events stream stayed over its bound while a publisher waited: the engine is behind.
+    The events of the call were published; slow down before sending more."""
+
+
 class NotFound(AutomationsError, LookupError):
     """A named object (automation, deployment, block) does not exist."""

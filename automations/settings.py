@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
         None,
         description="Redis URL. Unset: use redis://localhost:6379/0 when it answers, "
         "else `serve` starts an embedded Redis in `data_dir`.",
+    )
+    probe_localhost: bool = Field(
+        True,
+        description="With `redis_url` unset, use a Redis answering on redis://localhost:6379/0 "
+        "(false: always the embedded Redis, e.g. when that Redis belongs to something else).",
     )
     prefix: str = Field("automations", description="Prefix of every Redis key and stream.")
     data_dir: Path = Field(
@@ -63,10 +69,20 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(
         30.0, gt=0, description="How long SIGTERM waits for in-flight work to finish."
     )
+    startup_timeout_s: float = Field(
+        30.0, gt=0,
+        description="How long `serve` and `worker` wait for Redis at start before exiting 4.",
+    )
 
     # Streams
     events_maxlen: int = Field(
         1_000_000, ge=1000, description="Approximate MAXLEN of the events stream."
+    )
+    publish_wait_s: float = Field(
+        30.0, ge=0,
+        description="Back-pressure: while the events stream holds more than events_maxlen "
+        "entries a consumer group has not handled, a publisher waits up to this long for the "
+        "engine to catch up, then fails with an overload error (what it sent is kept).",
     )
     firings_maxlen: int = Field(
         1_000_000, ge=1000,
@@ -90,6 +106,17 @@ class Settings(BaseSettings):
     proactive_poll_max_s: float = Field(
         0.5, gt=0, description="Longest sleep of the proactive timer between deadline checks."
     )
+    decision_log: bool = Field(
+        True,
+        description="Write the decision log `automations explain` reads (per event a trigger "
+        "watches by name: the automations it counted for and the near misses); false: off, "
+        "for maximum throughput.",
+    )
+    decision_log_maxlen: int = Field(
+        100_000, ge=1000,
+        description="Approximate MAXLEN of the decision log (entries: one per event some "
+        "trigger watches by name).",
+    )
 
     # Actions
     action_concurrency: int = Field(32, ge=1, description="Actions run at once per dispatcher.")
@@ -106,6 +133,11 @@ class Settings(BaseSettings):
     )
     action_done_ttl_s: int = Field(
         7 * 86_400, ge=60, description="How long an action is remembered as done (idempotency)."
+    )
+    history_maxlen: int = Field(
+        100_000, ge=0,
+        description="Approximate MAXLEN of the history stream (what fired and what each action "
+        "did, for `automations history`); 0 turns the record off.",
     )
 
     # Runtime (flows, scheduler, worker)
@@ -132,6 +164,18 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Logging level of the services.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text`, or `json`: one JSON object per line (time, level, logger, "
+        "message and ids such as automation_id, firing_id, event_id)."
+    )
+
+    # Observability (`serve` and `worker`)
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of /metrics (Prometheus), /healthz and /readyz. Unset: off; 0: a "
+        "free port, logged at start.",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics port listens on.")
 
     @field_validator("redis_url")
     @classmethod

@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from automations.errors import AutomationsError, BusUnavailable, InvalidAutomation, NotFound
+from automations.errors import (
+    AutomationsError,
+    BusOverloaded,
+    BusUnavailable,
+    InvalidAutomation,
+    NotFound,
+)
 from automations.settings import Settings
 
 T = TypeVar("T")
@@ -57,7 +63,7 @@ def user_errors() -> Iterator[None]:
         yield
     except NotFound as exc:
         fail(str(exc), EXIT_NOT_FOUND)
-    except BusUnavailable as exc:
+    except (BusUnavailable, BusOverloaded) as exc:
         fail(str(exc), EXIT_UNAVAILABLE)
     except (redis.exceptions.ConnectionError, OSError) as exc:
         fail(f"cannot reach Redis: {exc}", EXIT_UNAVAILABLE)

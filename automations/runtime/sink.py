@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from automations.backoff import Backoff
 from automations.connection import CONNECTION_ERRORS, connect
+from automations.errors import BusOverloaded
 from automations.events import Event
 from automations.settings import Settings
 from automations.streams.publish import Publisher
@@ -128,6 +129,10 @@ class EventSink:
                 except _OUTAGE as exc:
                     self._settle(batch, ok=False)
                     await redis_backoff.wait(exc)
+                    continue
+                except BusOverloaded as exc:  # published, but the engine is behind: slow down
+                    self._settle(batch, ok=True)
+                    await redis_backoff.wait(exc, outage=False)
                     continue
                 except Exception as exc:  # a bug; keep the events all the same, retry later
                     self._settle(batch, ok=False)

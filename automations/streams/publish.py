@@ -3,18 +3,26 @@
 Nothing is dropped silently: an invalid event raises ``InvalidEvent`` before anything is sent,
 and Redis being unreachable raises ``BusUnavailable`` naming the URL (never its password).
 Retrying after ``BusUnavailable`` is safe: the engine counts an event id once.
+
+Back-pressure: trimming never drops an entry a consumer group still needs, so when the engine
+falls behind the stream grows past ``events_maxlen``. A publisher that sees it more than
+``TRIM_STEP`` entries over waits (polling with a growing delay) until trimming brings it back,
+for at most ``publish_wait_s``, then raises ``BusOverloaded``: stream length and Redis memory stay
+bounded by the engine's pace, and producers slow down instead of filling Redis.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import redis
 import redis.asyncio as aioredis
 
 from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
-from automations.errors import BusUnavailable, InvalidEvent
+from automations.errors import BusOverloaded, BusUnavailable, InvalidEvent
 from automations.events import RESOURCE_ID, Event
 from automations.keys import Keys
 from automations.settings import Settings
@@ -22,6 +30,21 @@ from automations.streams.upkeep import TRIM_SCRIPT, TRIM_STEP, trim_acknowledged
 
 EventLike = Event | Mapping[str, Any] | str
 CHUNK = 1000  # commands per pipeline round trip
+FIRST_WAIT_S = 0.05
+LONGEST_WAIT_S = 1.0
+
+
+def over_bound(length: int, maxlen: int) -> bool:
+    """Is the stream so far past ``maxlen`` that trimming could not keep up (a backlog)?"""
+    return length > maxlen + TRIM_STEP
+
+
+def _overloaded(stream: str, length: int, maxlen: int, waited: float) -> BusOverloaded:
+    return BusOverloaded(
+        f"{stream} still holds {length} entries after {waited:.1f} s, more than "
+        f"AUTOMATIONS_EVENTS_MAXLEN={maxlen}: the engine is behind (or a consumer group nobody "
+        "reads keeps them: XGROUP DESTROY it). The events just sent were published; slow down."
+    )
 
 
 def build_event(event_or_dict: EventLike | None = None, /, **fields: Any) -> Event:
@@ -94,9 +117,24 @@ class Publisher:
                 length = int(replies[-1])
                 self.published += len(replies) - 1
             if length > self.maxlen + TRIM_STEP // 2:
-                await trim_acknowledged(self.redis, self.stream, self.maxlen)
+                length -= await trim_acknowledged(self.redis, self.stream, self.maxlen)
+            if over_bound(length, self.maxlen):
+                await self._wait_for_room(length)
         except CONNECTION_ERRORS as exc:
             raise _unavailable(client_url(self.redis), exc) from exc
+
+    async def _wait_for_room(self, length: int) -> None:
+        """Back-pressure (module docstring)."""
+        started = time.monotonic()
+        delay = FIRST_WAIT_S
+        while over_bound(length, self.maxlen):
+            waited = time.monotonic() - started
+            if waited >= self.settings.publish_wait_s:
+                raise _overloaded(self.stream, length, self.maxlen, waited)
+            await anyio.sleep(min(delay, self.settings.publish_wait_s - waited))
+            delay = min(delay * 2, LONGEST_WAIT_S)
+            await trim_acknowledged(self.redis, self.stream, self.maxlen)
+            length = int(await self.redis.xlen(self.stream))
 
 
 async def aemit_many(
@@ -143,8 +181,18 @@ def emit_many(events: Iterable[EventLike], *, settings: Settings | None = None) 
                 pipe.xadd(stream, {b"data": data, b"id": event_id})
             pipe.xlen(stream)
             length = int(pipe.execute()[-1])
-        if length > settings.events_maxlen + TRIM_STEP // 2:
-            client.eval(TRIM_SCRIPT, 1, stream, settings.events_maxlen, TRIM_STEP)
+        maxlen = settings.events_maxlen
+        if length > maxlen + TRIM_STEP // 2:
+            length -= int(client.eval(TRIM_SCRIPT, 1, stream, maxlen, TRIM_STEP))
+        started, delay = time.monotonic(), FIRST_WAIT_S
+        while over_bound(length, maxlen):  # back-pressure, as Publisher._wait_for_room
+            waited = time.monotonic() - started
+            if waited >= settings.publish_wait_s:
+                raise _overloaded(stream, length, maxlen, waited)
+            time.sleep(min(delay, settings.publish_wait_s - waited))
+            delay = min(delay * 2, LONGEST_WAIT_S)
+            client.eval(TRIM_SCRIPT, 1, stream, maxlen, TRIM_STEP)
+            length = int(client.xlen(stream))
     except CONNECTION_ERRORS as exc:
         raise _unavailable(url, exc) from exc
     finally:
