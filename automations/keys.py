@@ -27,6 +27,17 @@ class Keys:
     def runs(self) -> str:
         return f"{self.prefix}:runs"
 
+    @property
+    def decisions(self) -> str:
+        """The engine's decision log (``engine/decisions.py``): what each event counted for."""
+        return f"{self.prefix}:decisions"
+
+    @property
+    def history(self) -> str:
+        """What the dispatcher did with each firing: one entry when it takes a firing, one per
+        action outcome (``automations.insight.history``)."""
+        return f"{self.prefix}:history"
+
     def dead(self, stream: str) -> str:
         """Dead-letter stream of ``stream`` (a full stream key or a short name)."""
         short = stream.removeprefix(f"{self.prefix}:")

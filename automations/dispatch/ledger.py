@@ -34,15 +34,18 @@ DROPPED_TTL_MIN_S = 86_400
 notification sent can still say how many were suppressed."""
 
 BEGIN_SCRIPT = """
-local stream = KEYS[#KEYS]
+local stream, history = KEYS[#KEYS - 1], KEYS[#KEYS]
 local out = {}
-for i = 1, #KEYS - 1 do
+for i = 1, #KEYS - 2 do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     out[i] = 0
   else
-    local data = ARGV[2 * i]
+    local data = ARGV[3 * i]
     if data ~= '' then
-      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'data', data, 'id', ARGV[2 * i + 1])
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', 'data', data, 'id', ARGV[3 * i + 1])
+    end
+    if ARGV[3 * i + 2] ~= '' then
+      redis.call('XADD', history, 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3 * i + 2])
     end
     out[i] = 1
   end
@@ -78,25 +81,31 @@ class Ledger:
         self._begin = redis.register_script(BEGIN_SCRIPT)
         self._cooldown = redis.register_script(COOLDOWN_SCRIPT)
 
-    async def begin(self, items: Sequence[tuple[str, Event | None]]) -> list[bool]:
+    async def begin(self, items: Sequence[tuple[str, Event | None]],
+                    history: Sequence[bytes | None] = ()) -> list[bool]:
         """For each (idempotency key, triggered event or None): True when the action is not
-        done yet (its event is then published), False when it is."""
+        done yet (its event, and its ``history`` record if any, are then published), False
+        when it is."""
         fresh: list[bool] = []
+        records = list(history) + [None] * (len(items) - len(history))
         for start in range(0, len(items), BEGIN_CHUNK):
             chunk = items[start:start + BEGIN_CHUNK]
-            args: list[Any] = [self.settings.events_maxlen]
-            for _, event in chunk:
+            args: list[Any] = [self.settings.events_maxlen, self.settings.history_maxlen]
+            for (_, event), record in zip(chunk, records[start:start + BEGIN_CHUNK], strict=True):
                 args += [event.to_json(), str(event.id)] if event is not None else ["", ""]
+                args.append(record or "")
             flags = await self._begin(
-                keys=[*(self.keys.done(key) for key, _ in chunk), self.keys.events], args=args)
+                keys=[*(self.keys.done(key) for key, _ in chunk), self.keys.events,
+                      self.keys.history], args=args)
             fresh.extend(bool(int(flag)) for flag in flags)
         return fresh
 
     async def commit(self, key: str, *, done: bytes | None, events: Sequence[Event],
                      job: RetryJob | None = None, dead: Mapping[str, Any] | None = None,
-                     retry: tuple[RetryJob, float] | None = None) -> None:
-        """One MULTI: the done record, the action events, the retry queue and the dead letter
-        change together or not at all."""
+                     retry: tuple[RetryJob, float] | None = None,
+                     history: bytes | None = None) -> None:
+        """One MULTI: the done record, the action events, the retry queue, the dead letter and
+        the history record change together or not at all."""
         pipe: Pipeline = self.redis.pipeline(transaction=done is not None or retry is not None)
         if done is not None:
             pipe.set(self.keys.done(key), done, ex=self.settings.action_done_ttl_s)
@@ -109,6 +118,9 @@ class Ledger:
             self.retries.schedule(pipe, *retry)
         if dead is not None:
             pipe.xadd(self.keys.dead(self.keys.firings), {k: v for k, v in dead.items()})
+        if history is not None:
+            pipe.xadd(self.keys.history, {b"data": history},
+                      maxlen=self.settings.history_maxlen, approximate=True)
         await pipe.execute()
 
     # -- LedgerPort: state executors keep ------------------------------------------------

@@ -34,6 +34,8 @@ from automations.runtime.states import (
 from automations.settings import Settings
 
 _CAS_ATTEMPTS = 10
+MAX_TIMELINE = 50
+"""Past states a run record keeps (``FlowRun.state_history``), the latest ones."""
 
 
 def _script(name: str) -> str:
@@ -68,6 +70,13 @@ class FlowRun(BaseModel):
     creator: dict[str, str] | None = None
     idempotency_key: str | None = None
     worker: str | None = None
+    state_history: list[State] = Field(default_factory=list)
+    """The states before ``state``, oldest first, each with its timestamp (``transition``
+    appends; runs stored before it existed have none)."""
+
+    def timeline(self) -> list[State]:
+        """Every state the run was in, oldest first, ending with the current one."""
+        return [*self.state_history, self.state]
 
     def resources(self) -> RunResources:
         deployment = None
@@ -139,7 +148,9 @@ class FlowRunStore:
             if target is None:
                 return None
             changes = dict(update(current)) if update else {}
-            new = current.model_copy(update={**changes, "state": target})
+            new = current.model_copy(update={
+                **changes, "state": target,
+                "state_history": [*current.state_history, current.state][-MAX_TIMELINE:]})
             if await self._apply(new, current.state, previous=current.state,
                                  lease_ms=lease_ms, enqueue=enqueue):
                 return new
