@@ -123,7 +123,8 @@ class _Lane:
 
 
 class DryRun:
-    """One pass of some automations over some events; build a fresh one per run."""
+    """One pass of some automations over some events; build a fresh one per run (``run``, or
+    ``feed`` each event then ``finish``)."""
 
     def __init__(
         self, automations: Sequence[Automation], *, follows_wait: timedelta = DEFAULT_FOLLOWS_WAIT
@@ -134,25 +135,37 @@ class DryRun:
         self._lines: dict[UUID, int] = {}
         self._fired: list[Fired] = []
         self._now: datetime | None = None
+        self._start: datetime | None = None
+        self._events = 0
         self._truncated = 0
 
     def run(self, events: Sequence[Numbered], *, until: datetime | None = None) -> DryRunResult:
         """Evaluate ``events`` in order, then close windows up to ``until``."""
         for item in events:
-            self._lines.setdefault(item.event.id, item.line)
-        start = min((item.event.occurred for item in events), default=None)
-        for item in events:
-            now = item.event.occurred if self._now is None else max(self._now, item.event.occurred)
-            self._advance_to(now)
-            self._feed(self._deliver(item.event, now), now)
+            self.feed(item)
+        return self.finish(until)
+
+    def feed(self, item: Numbered) -> None:
+        """Evaluate one more event (delivery order is call order): for runs over more events
+        than fit in memory at once (``automations replay`` over a stream)."""
+        self._lines.setdefault(item.event.id, item.line)
+        occurred = item.event.occurred
+        self._start = occurred if self._start is None else min(self._start, occurred)
+        self._events += 1
+        now = occurred if self._now is None else max(self._now, occurred)
+        self._advance_to(now)
+        self._feed(self._deliver(item.event, now), now)
+
+    def finish(self, until: datetime | None = None) -> DryRunResult:
+        """Close windows up to ``until`` (default: the last event plus the longest window)."""
         if until is None and self._now is not None:
             until = self._now + longest_window(self._by_id.values())
         if until is not None:
             self._advance_to(until)
         return DryRunResult(
             fired=self._fired,
-            events=len(events),
-            start=start,
+            events=self._events,
+            start=self._start,
             until=until,
             held_followers=max((lane.evaluator.held_followers() for lane in self._lanes),
                                default=0),

@@ -1,9 +1,12 @@
-"""``automations test``: an offline dry run of automations over an events file (no Redis).
+"""``automations test``: automation unit tests, or an offline dry run over an events file.
 
-The automations load exactly as ``apply`` loads them (``automations.loader``: every error at
-once); the events file has one event JSON per line, as ``automations emit --file`` and
-``automations events tail --json`` use, and every bad line is reported with its number. The
-run itself is ``automations.dry_run`` (the reference evaluator with event time as the clock).
+Without ``--events`` the files are test files (``automations.testing``: events at relative
+times and the firings expected; exit 1 on a mismatch, 2 on a bad file). With ``--events`` the
+files are automation files, loaded exactly as ``apply`` loads them (``automations.loader``:
+every error at once); the events file has one event JSON per line, as ``automations emit
+--file`` and ``automations events tail --json`` use, and every bad line is reported with its
+number. Both run ``automations.dry_run`` (the reference evaluator with event time as the
+clock); nothing touches Redis.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import orjson
 import typer
 from rich.markup import escape
@@ -25,13 +29,24 @@ from automations.dry_run import DryRun, DryRunResult, Fired, Numbered
 from automations.errors import InvalidAutomation, InvalidAutomations
 from automations.loader import load_files
 from automations.models import Automation
+from automations.testing.load import InvalidTests, load_test_files
+from automations.testing.model import json_schema
+from automations.testing.report import case_lines, summary
+from automations.testing.runner import case_json, run_file
 from triggers.models import never_fires
 
-FilesArg = Annotated[list[Path], typer.Argument(help="Automation files: JSON, YAML or Python.")]
-EventsOpt = Annotated[
-    str,
-    typer.Option("--events", "-e", help="Events file: one event JSON per line (- for stdin)."),
+FilesArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Test files (a mapping with `tests:`), or with --events automation "
+                        "files: JSON, YAML or Python.", show_default=False),
 ]
+EventsOpt = Annotated[
+    str | None,
+    typer.Option("--events", "-e", help="Dry run: an events file, one event JSON per line "
+                                        "(- for stdin).", show_default=False),
+]
+EXIT_MISMATCH = 1
+DEFAULT_FOLLOWS_WAIT_S = 900.0
 
 
 def register(app: typer.Typer) -> None:
@@ -40,29 +55,48 @@ def register(app: typer.Typer) -> None:
 
 
 def test_command(
-    files: FilesArg,
-    events: EventsOpt,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per firing.")] = False,
+    files: FilesArg = None,
+    events: EventsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines: one per firing (dry run) "
+                                                         "or per test.")] = False,
     until: Annotated[
         datetime | None,
-        typer.Option(help="Run the clock to this time at the end (default: the last event plus "
-                          "the longest window, so open proactive windows close). Naive is UTC."),
+        typer.Option(help="Dry run: run the clock to this time at the end (default: the last "
+                          "event plus the longest window, so open proactive windows close). "
+                          "Naive is UTC.",
+                     formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z",
+                              "%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%d %H:%M:%S"]),
     ] = None,
     follows_wait: Annotated[
-        float, typer.Option(help="Seconds an event waits for the event it `follows`.", min=0)
-    ] = 900.0,
+        float | None, typer.Option(help="Dry run: seconds an event waits for the event it "
+                                        "`follows` [default: 900].", min=0)
+    ] = None,
     skip_invalid: Annotated[
-        bool, typer.Option(help="Report bad event lines and go on without them.")
+        bool, typer.Option(help="Dry run: report bad event lines and go on without them.")
+    ] = False,
+    schema: Annotated[
+        bool, typer.Option("--schema", help="Print the JSON Schema of test files and exit.")
     ] = False,
 ) -> None:
-    """Dry-run FILES over an events file offline: which automation fires, when, on which
-    event, with which labels. Event time is the clock; nothing is stored or executed."""
-    automations = _load_automations(files)
-    numbered = _read_events(events, skip_invalid=skip_invalid)
+    """Run automation unit tests (TESTFILE...: events at relative times and the firings
+    expected; exit 1 on a mismatch), or with --events dry-run automation FILES over an events
+    file. Offline: event time is the clock; nothing is stored or executed."""
+    if schema:
+        typer.echo(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode())
+        return
+    if not files:
+        fail("give test files, or automation files and --events F.jsonl (see --help)")
+    if events is None:
+        if until is not None or follows_wait is not None or skip_invalid:
+            fail("--until, --follows-wait and --skip-invalid apply to --events dry runs; a "
+                 "test file sets `until` per test and `follows_wait` at its top")
+        run_unit_tests(files, as_json=as_json)
+        return
+    automations = load_automations(files)
+    numbered, _ = read_events(events, skip_invalid=skip_invalid)
     end = None if until is None else (until if until.tzinfo else until.replace(tzinfo=UTC))
-    result = DryRun(automations, follows_wait=timedelta(seconds=follows_wait)).run(
-        numbered, until=end
-    )
+    wait = DEFAULT_FOLLOWS_WAIT_S if follows_wait is None else follows_wait
+    result = DryRun(automations, follows_wait=timedelta(seconds=wait)).run(numbered, until=end)
     if as_json:
         for fired in result.fired:
             typer.echo(orjson.dumps(fired_json(fired)).decode())
@@ -71,7 +105,32 @@ def test_command(
     _print_summary(result, len([a for a in automations if a.enabled]), as_json=as_json)
 
 
-def _load_automations(files: Sequence[Path]) -> list[Automation]:
+def run_unit_tests(files: Sequence[Path], *, as_json: bool) -> None:
+    """Load every test file (exit 2 listing every problem), run them, report; exit 1 when a
+    test fails."""
+    try:
+        loaded = load_test_files(files)
+    except InvalidTests as exc:
+        for problem in exc.problems:
+            err_console.print(f"[bold red]error:[/] {escape(str(problem))}", highlight=False,
+                              soft_wrap=True)
+        err_console.print(f"{len(exc.problems)} error(s) in the test file(s); no test was run",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    cases = [case for item in loaded for case in anyio.run(run_file, item)]
+    for case in cases:
+        if as_json:
+            typer.echo(orjson.dumps(case_json(case)).decode())
+        else:
+            for line in case_lines(case):
+                console.print(line, highlight=False, soft_wrap=True)
+    (err_console if as_json else console).print(summary(cases, len(loaded)), highlight=False,
+                                                soft_wrap=True)
+    if not all(case.passed for case in cases):
+        raise typer.Exit(EXIT_MISMATCH)
+
+
+def load_automations(files: Sequence[Path]) -> list[Automation]:
     """Load as ``apply`` does (every error at once, exit 2) and warn about dead triggers."""
     try:
         automations = load_files(files)
@@ -91,7 +150,9 @@ def _load_automations(files: Sequence[Path]) -> list[Automation]:
     return automations
 
 
-def _read_events(source: str, *, skip_invalid: bool) -> list[Numbered]:
+def read_events(source: str, *, skip_invalid: bool) -> tuple[list[Numbered], int]:
+    """The file's events and how many bad lines were skipped (each reported; without
+    ``skip_invalid`` a bad line exits 2 and nothing is evaluated)."""
     label = "<stdin>" if source == "-" else source
     try:
         if source == "-":
@@ -115,7 +176,7 @@ def _read_events(source: str, *, skip_invalid: bool) -> list[Numbered]:
         err_console.print(f"{bad} bad event line(s); nothing was evaluated "
                           "(--skip-invalid evaluates the rest)", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USER_ERROR)
-    return numbered
+    return numbered, bad
 
 
 def fired_json(fired: Fired) -> dict[str, Any]:
@@ -149,7 +210,7 @@ def _print_table(fired: Sequence[Fired]) -> None:
         firing = item.firing
         state = firing.trigger_states[0].value
         table.add_row(
-            _when(firing.triggered),
+            when_text(firing.triggered),
             escape(item.automation.name),
             state if state == "Triggered" else f"[green]{state}[/]",
             escape(_describe_event(item)),
@@ -158,7 +219,7 @@ def _print_table(fired: Sequence[Fired]) -> None:
     console.print(table)
 
 
-def _when(moment: datetime) -> str:
+def when_text(moment: datetime) -> str:
     text = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0")
     return text.removesuffix(".")
 
