@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from automations.backoff import Backoff
 from automations.connection import CONNECTION_ERRORS
+from automations.engine.decisions import DecisionLog
 from automations.engine.follows import FollowsOrdering
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
 from automations.engine.outbox import Announcer, automation_resource
@@ -39,6 +40,7 @@ from automations.engine.specs import WindowSpec, window_specs
 from automations.engine.window import Window, WindowBatch
 from automations.events import Event, utcnow
 from automations.keys import ENGINE_GROUP, Keys
+from automations.metrics import current_metrics
 from automations.models import Automation
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
@@ -79,10 +81,14 @@ class Engine:
         self.announcer = Announcer(redis, settings, keys=self.keys, consumer=consumer,
                                    resource_of=self._resources.get)
         self._intake = Intake(self._planner, settings, self.ordering.waits)
+        self._decisions = DecisionLog(redis, self.keys, settings) if settings.decision_log \
+            else None
         self.events = 0
         self.fired = 0
         self.rejected = 0
         self.parked = 0
+        self.processed = 0  # events evaluated (not duplicates, not held)
+        self.metrics = current_metrics()
 
     @property
     def window(self) -> Window:
@@ -213,9 +219,13 @@ class Engine:
         """One batch: decode -> dedupe -> match -> apply (Lua) -> released followers."""
         now = self.clock()
         source = BatchSource(self._intake, entries, now)
+        if self._decisions is not None:
+            self._decisions.begin(entries)
+        processed = self.processed
         await self._evaluate([], now, source=source)
         self.events += len(entries)
         self.rejected += len(source.rejects)
+        self.metrics.events_handled(len(entries), self.processed - processed, len(source.rejects))
         return source.rejects
 
     async def _evaluate(
@@ -234,14 +244,18 @@ class Engine:
             # The next call's events are decoded and matched while Redis runs this one (the
             # usual case: nothing released, so the next call starts where this one ends).
             applying = asyncio.ensure_future(self._window.apply(batch, now))
+            recording = self._decisions.write(batch) if self._decisions is not None else None
             await asyncio.sleep(0)  # the call starts going out
             rest = pending[len(batch):]
             try:  # may extend `rest` from `source`
                 upcoming = await self._match_beside(rest, now, source)
             finally:
                 result = await applying
+                if recording is not None:
+                    await recording  # beside the script call (it logs its own failures)
             self.fired += result.fired
             self.parked += result.parked
+            self.processed += result.processed
             released = self.ordering.decode_released(result.released, self._planner)
             if lost:
                 released = [item for item in released if item.id not in lost]
@@ -301,6 +315,8 @@ class Engine:
         plan = self._planner.plan(event.event)
         resource, related = event.resource, event.related
         steps = [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
+        if self._decisions is not None:
+            self._decisions.note(batch, event, plan.steps, steps)
         if plan.ordered and len(steps) > 1 and not all(s.spec.top_level for s in steps):
             steps.sort(key=_evaluation_order)  # a composite's children in trigger walk order
         encode = self._planner.encode

@@ -1,0 +1,182 @@
+"""The decision log: per event some trigger's name matched, which automations it counted for
+and which were near misses. The one module for its wire format (writer and reader).
+
+What ``automations explain`` reads to say why an event did or did not count, and which
+events counted lately for an automation. The engine notes a decision while it builds an
+event's operations (``note``, from ``Engine._ops``: the name-matched steps and those left after
+``resources_covered``), and sends a batch's decisions in ONE script call started beside the
+window script (``write``): no extra round trip per event, and events no trigger watches by
+name cost nothing. The stream ``keys.decisions`` is capped (``XADD MAXLEN ~``) at
+``decision_log_maxlen`` entries; ``decision_log=false`` turns it off for maximum throughput.
+
+One entry per event, fields:
+
+- ``event_id``, ``event`` (name), ``occurred`` (ISO 8601), ``entry`` (its events-stream entry
+  id; "" for a follower released after its batch)
+- ``counted``: comma-joined ids of the automations with a trigger that took the event (name
+  and resources matched: it counted, or opened a window)
+- ``missed``: ids of the automations whose triggers matched the name only (near misses)
+- ``immediate``: ids of those among ``counted`` with a stateless trigger (Reactive, within 0,
+  threshold 1), which fires on every new event it takes
+
+The log is best effort, not part of the engine's atomic step: a failed write is logged (once
+per outage) and the batch goes on. An event evaluated twice (redelivered, or held for the
+event it follows) is logged twice; readers keep the newest entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from automations.connection import CONNECTION_ERRORS
+from automations.engine.plan import Step
+from automations.events import Event, from_micros
+from automations.keys import Keys
+from automations.settings import Settings
+from automations.streams.consumer import Entry
+
+log = logging.getLogger(__name__)
+
+WRITE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.RedisError)
+FIELDS = ("event_id", "event", "occurred", "entry", "counted", "missed", "immediate")
+
+# ARGV: stream, maxlen, then per entry the values of FIELDS in order.
+WRITE_LUA = """
+local n = #ARGV
+for j = 3, n, 7 do
+  redis.call('XADD', ARGV[1], 'MAXLEN', '~', ARGV[2], '*',
+    'event_id', ARGV[j], 'event', ARGV[j + 1], 'occurred', ARGV[j + 2], 'entry', ARGV[j + 3],
+    'counted', ARGV[j + 4], 'missed', ARGV[j + 5], 'immediate', ARGV[j + 6])
+end
+return (n - 2) / 7
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One decision-log entry, read back."""
+
+    log_id: str  # the entry's id in the decision log (when it was written)
+    event_id: str
+    event: str
+    occurred: str
+    entry: str  # events-stream entry id ("" when unknown)
+    counted: tuple[str, ...]
+    missed: tuple[str, ...]
+    immediate: tuple[str, ...]
+
+    @property
+    def logged_at(self) -> datetime:
+        return from_micros(int(self.log_id.partition("-")[0]) * 1000)
+
+    @classmethod
+    def parse(cls, log_id: bytes | str, fields: Mapping[bytes, bytes]) -> Decision:
+        def text(name: str) -> str:
+            return fields.get(name.encode(), b"").decode()
+
+        def ids(name: str) -> tuple[str, ...]:
+            return tuple(i for i in text(name).split(",") if i)
+
+        return cls(
+            log_id=log_id.decode() if isinstance(log_id, bytes) else log_id,
+            event_id=text("event_id"), event=text("event"), occurred=text("occurred"),
+            entry=text("entry"), counted=ids("counted"), missed=ids("missed"),
+            immediate=ids("immediate"),
+        )
+
+
+class DecisionLog:
+    """The engine's writer: ``begin`` a batch of stream entries, ``note`` per event,
+    ``write`` per script call (the window script's batch)."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+        self.stream = keys.decisions
+        self.maxlen = settings.decision_log_maxlen
+        self._script = redis.register_script(WRITE_LUA)
+        self._open: dict[int, tuple[object, list[str]]] = {}  # id(window batch) -> its args
+        self._entries: Sequence[Entry] = ()
+        self._entry_of: dict[bytes, str] | None = None
+        self._failing = False
+        self.written = 0
+
+    def __repr__(self) -> str:
+        return f"DecisionLog(stream={self.stream!r}, maxlen={self.maxlen}, written={self.written})"
+
+    def begin(self, entries: Sequence[Entry]) -> None:
+        """The stream entries of the batch being handled (their ids are looked up lazily)."""
+        self._entries, self._entry_of = entries, None
+
+    def _entry_id(self, event_id: str) -> str:
+        if self._entry_of is None:
+            self._entry_of = {e.fields.get(b"id", b""): e.id for e in self._entries}
+        return self._entry_of.get(event_id.encode(), "")
+
+    def note(self, batch: object, event: Event, watching: Sequence[Step],
+             kept: Sequence[Step]) -> None:
+        """One event of ``batch``: ``watching`` matched its name, ``kept`` its resources too."""
+        if not watching:
+            return
+        counted: dict[str, None] = {}
+        immediate: dict[str, None] = {}
+        for step in kept:  # one plain loop: this runs for every watched event
+            spec = step.spec
+            counted[spec.automation_id] = None
+            if spec.fires_at_once:
+                immediate[spec.automation_id] = None
+        missed = "" if len(kept) == len(watching) else ",".join(dict.fromkeys(
+            s.spec.automation_id for s in watching if s.spec.automation_id not in counted))
+        event_id = str(event.id)
+        args = self._open.get(id(batch))
+        if args is None:
+            args = self._open[id(batch)] = (batch, [])
+        args[1].extend((event_id, event.event, event.occurred.isoformat(),
+                        self._entry_id(event_id), ",".join(counted), missed,
+                        ",".join(immediate)))
+
+    def write(self, batch: object) -> asyncio.Task[None] | None:
+        """Send ``batch``'s decisions (a task started now, beside its window script call);
+        ``None`` when it has none. Decisions noted for batches matched but never applied
+        (re-matched after a follows release) are dropped here."""
+        found = self._open.pop(id(batch), None)
+        self._open.clear()
+        if found is None:
+            return None
+        return asyncio.ensure_future(self._send(found[1]))
+
+    async def _send(self, values: list[str]) -> None:
+        try:
+            await self._script(args=[self.stream, self.maxlen, *values])
+        except WRITE_ERRORS as exc:
+            if not self._failing:
+                log.warning("decision log: entries not written (%s); explain will not show "
+                            "them", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("decision log: writing again")
+            self._failing = False
+        self.written += len(values) // len(FIELDS)
+
+
+async def read_back(
+    redis: aioredis.Redis, keys: Keys, *, scan: int, chunk: int = 1000
+) -> AsyncIterator[Decision]:
+    """The decision log newest first, ``chunk`` entries a call, at most ``scan`` entries."""
+    end = "+"
+    left = scan
+    while left > 0:
+        entries: Any = await redis.xrevrange(keys.decisions, max=end, count=min(chunk, left))
+        if not entries:
+            return
+        for log_id, fields in entries:
+            yield Decision.parse(log_id, fields)
+        left -= len(entries)
+        end = "(" + entries[-1][0].decode()
