@@ -19,14 +19,21 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from automations.backoff import Backoff, retry
+from automations.backoff import Backoff, outage_scope, retry
 from automations.blocks import BlockStore
-from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
+from automations.connection import (
+    CONNECTION_ERRORS,
+    connect,
+    display_url,
+    redis_url,
+    unreachable_hint,
+)
 from automations.dispatch.dispatcher import Dispatcher
 from automations.dispatch.ports import Ports
 from automations.engine.engine import Engine
 from automations.engine.timer import ProactiveTimer
-from automations.errors import AutomationsError
+from automations.errors import AutomationsError, BusUnavailable
+from automations.health import observability
 from automations.keys import Keys
 from automations.reload import follow, resync
 from automations.runtime.ports import DeploymentsAdapter, FlowRunsAdapter
@@ -95,6 +102,30 @@ async def run_scheduler(ctx: ServiceContext) -> None:
     await Scheduler(ctx.redis, ctx.settings, ctx.keys).run(ctx.stopping)
 
 
+async def _run_service(name: str, fn: ServiceFn, ctx: ServiceContext) -> None:
+    """One service of ``serve``: its loops' Redis outages are logged as one (``Outage``)."""
+    with outage_scope(name, log):
+        await fn(ctx)
+
+
+def watched_streams(keys: Keys) -> tuple[list[str], list[str]]:
+    """The streams whose consumer groups, and the dead-letter streams whose lengths,
+    ``/metrics`` reports."""
+    streams = [keys.events, keys.firings, keys.runs]
+    return streams, [keys.dead(s) for s in streams]
+
+
+async def run_observed(settings: Settings, component: str,
+                       main: Callable[[], Coroutine[object, object, None]]) -> None:
+    """``main`` (the worker) with metrics in scope, served on ``metrics_port`` when set, and
+    its Redis outages logged as one."""
+    async with observability(settings, *watched_streams(Keys(settings.prefix))) as health:
+        with outage_scope(component, log):
+            if health is not None:
+                health.started = True
+            await main()
+
+
 async def _cancel_when_set(stopping: anyio.Event, scope: anyio.CancelScope) -> None:
     await stopping.wait()
     scope.cancel()
@@ -123,7 +154,8 @@ def select(only: Sequence[str] | None, services: Mapping[str, ServiceFn]) -> dic
 async def _watch_signals(
     stopping: anyio.Event, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # SIGHUP (the terminal closed) too: the embedded Redis, in its own session, is stopped.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
         async for signum in signals:
             log.info("%s received: finishing in-flight work", signal.Signals(signum).name)
@@ -135,17 +167,22 @@ async def wait_for_redis(
     client: aioredis.Redis, url: str, settings: Settings, stopping: anyio.Event
 ) -> bool:
     """Ping with capped backoff until Redis answers (logged once), then check its version.
-    False when asked to stop first."""
+    False when asked to stop first; ``BusUnavailable`` after ``startup_timeout_s`` (exit 4)."""
     backoff = Backoff(f"waiting for Redis at {url}", first_s=0.1, cap_s=settings.reconnect_max_s,
                       logger=log)
-    while not stopping.is_set():
-        try:
-            await require_redis_version(client)
-            backoff.recovered()
-            return True
-        except CONNECTION_ERRORS as exc:
-            await backoff.wait(exc, stopping)
-    return False
+    last: BaseException | None = None
+    with anyio.move_on_after(settings.startup_timeout_s):
+        while not stopping.is_set():
+            try:
+                await require_redis_version(client)
+                backoff.recovered()
+                return True
+            except CONNECTION_ERRORS as exc:
+                last = exc
+                await backoff.wait(exc, stopping)
+        return False
+    raise BusUnavailable(f"cannot reach Redis at {url} within {settings.startup_timeout_s:g} s "
+                         f"({last or 'no answer'}){unreachable_hint(settings)}")
 
 
 async def serve(
@@ -164,12 +201,15 @@ async def serve(
     ctx = ServiceContext(settings, client, Keys(settings.prefix), stopping)
     url = display_url(redis_url(settings))
     try:
-        async with anyio.create_task_group() as tg:
+        async with observability(settings, *watched_streams(ctx.keys), stopping) as health, \
+                anyio.create_task_group() as tg:
             await tg.start(_watch_signals, stopping)
             if not await wait_for_redis(client, url, settings, stopping):
                 tg.cancel_scope.cancel()
                 return
             log.info("serving %s on %s (prefix %r)", ", ".join(chosen), url, settings.prefix)
+            if health is not None:
+                health.started = True
 
             async def deadline() -> None:
                 await stopping.wait()
@@ -181,7 +221,7 @@ async def serve(
             tg.start_soon(deadline)
             async with anyio.create_task_group() as services_tg:
                 for name, fn in chosen.items():
-                    services_tg.start_soon(fn, ctx, name=name)
+                    services_tg.start_soon(_run_service, name, fn, ctx, name=name)
             tg.cancel_scope.cancel()  # every service returned: stop the watchers
     finally:
         await client.aclose()

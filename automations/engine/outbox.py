@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +39,7 @@ import redis.asyncio as aioredis
 
 from automations.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, RESOURCE_ID, RESOURCE_NAME, nesting
 from automations.keys import ANNOUNCE_GROUP, Keys
+from automations.metrics import current_metrics
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject, StreamConsumer
 from triggers.firing import Firing
@@ -235,6 +237,8 @@ class Announcer:
         self.resource_of = resource_of
         self._script = redis.register_script(ANNOUNCE_LUA)
         self.announced = 0
+        self.metrics = current_metrics()
+        self._names: dict[str, tuple[bytes | None, str]] = {}  # id -> (resource, name)
         self.consumer = StreamConsumer(
             redis, settings, stream=keys.firings, group=ANNOUNCE_GROUP,
             handler=self.handle_batch, dead_stream=keys.dead(keys.firings), consumer=consumer,
@@ -267,6 +271,7 @@ class Announcer:
                 log.warning("outbox entry %s not announced: %s", entry.id, exc)
                 continue
             related = related_of(entry.fields.get(b"event_id"))
+            self._observe(entry, items, event_raw)
             event_raw, cut = embeddable(event_raw)
             for item in items:
                 last_fired[str(item.get("automation_id"))] = str(item.get("triggered"))
@@ -282,3 +287,57 @@ class Announcer:
         ])
         self.announced += len(events) // 2
         return []
+
+    def _observe(self, entry: Entry, items: list[dict[str, Any]], event_raw: bytes | None
+                 ) -> None:
+        """Count and log an entry's firings (one INFO line each, with its ids); the latency
+        runs from the event's ``occurred`` to the entry's time in the outbox."""
+        if event_raw is not None and items:
+            occurred = occurred_s(event_raw)
+            if occurred is not None:
+                self.metrics.event_fired(int(entry.id.partition("-")[0]) / 1000 - occurred)
+        event_id = (entry.fields.get(b"event_id") or b"").decode(errors="replace") or None
+        for item in items:
+            automation_id = str(item.get("automation_id"))
+            name = self._name(automation_id)
+            self.metrics.fired(name)
+            state = (item.get("trigger_states") or ["Triggered"])[0]
+            log.info("automation %r (%s) fired: firing %s, %s, event %s", name, automation_id,
+                     item.get("id"), state, event_id,
+                     extra={"automation": name, "automation_id": automation_id,
+                            "firing_id": item.get("id"), "event_id": event_id, "state": state})
+
+    def _name(self, automation_id: str) -> str:
+        """The automation's name (its id when it is unknown here), parsed once per version of
+        its resource; bounded by the number of automations."""
+        resource = self.resource_of(automation_id)
+        cached = self._names.get(automation_id)
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        name = automation_id
+        if resource is not None:
+            found = orjson.loads(resource).get(RESOURCE_NAME)
+            name = found if isinstance(found, str) and found else automation_id
+        self._names[automation_id] = (resource, name)
+        return name
+
+
+OCCURRED = b'"occurred":"'
+
+
+def occurred_s(event_raw: bytes) -> float | None:
+    """An event's ``occurred`` as a POSIX time, without decoding the whole event (None when
+    it cannot be read)."""
+    at = event_raw.find(OCCURRED)
+    try:
+        if at >= 0:
+            start = at + len(OCCURRED)
+            text = event_raw[start:event_raw.index(b'"', start)].decode()
+        else:
+            found = orjson.loads(event_raw).get("occurred")
+            if not isinstance(found, str):
+                return None
+            text = found
+        return datetime.fromisoformat(text).timestamp()
+    except (ValueError, AttributeError):
+        return None

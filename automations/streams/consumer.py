@@ -4,7 +4,8 @@
 acknowledges the whole batch in one XACK after the handler returned. Entries of a dead consumer
 are reclaimed with XAUTOCLAIM; an entry delivered ``max_deliveries`` times without success goes
 to the dead-letter stream with its last error. Redis going away means a capped exponential
-backoff, logged once per outage. Per-entry work is one small dataclass: no pydantic here.
+backoff, logged once per outage: the reads and the handler's failures share one ``Outage`` (the
+component's, inside ``serve``). Per-entry work is one small dataclass: no pydantic here.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import anyio
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from automations.backoff import Backoff
+from automations.backoff import Backoff, Outage, current_outage
 from automations.connection import CONNECTION_ERRORS
+from automations.metrics import Metrics, current_metrics
 from automations.settings import Settings
 from automations.streams.upkeep import require_redis_version, trim_acknowledged
 
@@ -108,9 +110,13 @@ class StreamConsumer:
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_trim = 0.0
+        self.metrics: Metrics = current_metrics()
+        # One outage for the reads and the handler: Redis away is one WARNING, not one a batch.
+        self._outage = current_outage() or Outage(f"{stream}/{group}", log)
         # Paces the retries of a failing batch; reset by the next batch that succeeds.
         self._handler_backoff = Backoff(f"{stream}/{group} handler",
-                                        cap_s=settings.reconnect_max_s, logger=log)
+                                        cap_s=settings.reconnect_max_s, logger=log,
+                                        outage=self._outage)
         self._last_error: dict[str, str] = {}
 
     def __repr__(self) -> str:
@@ -143,7 +149,7 @@ class StreamConsumer:
         """Consume until ``stop()`` (or ``stopping``): claim stale entries, read, handle, ack;
         survive outages."""
         backoff = Backoff(f"{self.stream}/{self.group}", cap_s=self.settings.reconnect_max_s,
-                          logger=log)
+                          logger=log, outage=self._outage)
         async with anyio.create_task_group() as tg:
             if stopping is not None:
                 tg.start_soon(stop_when_set, stopping, self.stop)
@@ -284,7 +290,7 @@ class StreamConsumer:
         except Exception as exc:
             await self._handler_failed(entries, exc)
             return
-        self._handler_backoff.reset()
+        self._handler_backoff.recovered()
         rejected = {r.entry.id for r in rejects}
         if rejects:
             await self._dead_letter(list(rejects))
@@ -300,10 +306,8 @@ class StreamConsumer:
         """Keep the batch pending for a retry after a backoff; give up on exhausted entries."""
         self.failures += 1
         reason = f"{type(exc).__name__}: {exc}"
-        if _outage(exc):  # one line, not a traceback per in-flight task of the batch
-            log.warning("%s/%s: Redis unreachable while handling %d entries (%s); they stay "
-                        "pending", self.stream, self.group, len(entries), reason)
-        else:
+        outage = _outage(exc)  # part of the outage's one line: no traceback per in-flight task
+        if not outage:
             log.exception("%s/%s: handler failed on %d entries", self.stream, self.group,
                           len(entries))
         limit = self.settings.max_deliveries
@@ -314,8 +318,8 @@ class StreamConsumer:
             if e.deliveries < limit:
                 self._last_error[e.id] = reason
         self._own_pending = True
-        # Reported above, one line per batch; here the backoff only paces the retries.
-        await self._handler_backoff.wait(exc, outage=False)
+        # An outage is reported by the backoff (once); a bug above, with its traceback.
+        await self._handler_backoff.wait(exc, outage=outage)
 
     async def _dead_letter(self, rejects: Sequence[Reject]) -> None:
         """Copy each entry, with reason and delivery count, to the dead stream and ack it
@@ -332,5 +336,11 @@ class StreamConsumer:
             pipe.xack(self.stream, self.group, *[r.entry.id for r in rejects])
             await pipe.execute()
         self.dead += len(rejects)
-        log.warning("%s/%s: dead-lettered %d entries to %s (first: %s)", self.stream, self.group,
-                    len(rejects), self.dead_stream, rejects[0].reason)
+        self.metrics.dead_lettered(self.dead_stream, len(rejects))
+        log.warning("%s/%s: dead-lettered %d entries to %s (first: %s %s)", self.stream,
+                    self.group, len(rejects), self.dead_stream, rejects[0].entry.id,
+                    rejects[0].reason, extra={
+                        "stream": self.stream, "group": self.group,
+                        "dead_stream": self.dead_stream,
+                        "entry_ids": [r.entry.id for r in rejects[:20]],
+                        "reason": rejects[0].reason})

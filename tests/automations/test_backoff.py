@@ -1,4 +1,5 @@
-"""The shared outage policy: capped doubling delays, two log lines per outage, deadlines."""
+"""The shared outage policy: capped doubling delays, two log lines per outage (a WARNING, then
+an INFO on recovery), deadlines."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import anyio
 import pytest
 
-from automations.backoff import Backoff, retry
+from automations.backoff import Backoff, Outage, retry
 
 log = logging.getLogger("tests.backoff")
 
@@ -32,8 +33,8 @@ def test_delays_double_up_to_the_cap_and_start_over_after_a_success() -> None:
 def test_an_outage_is_one_warning_and_one_recovery_however_many_tries(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backoff = Backoff("loop", logger=log)
-    with caplog.at_level(logging.WARNING, logger=log.name):
+    backoff = Backoff("loop", logger=log, outage=Outage("loop", log, settle_s=0))
+    with caplog.at_level(logging.INFO, logger=log.name):
         for _ in range(2):  # two outages: two pairs of lines
             for attempt in range(50):
                 backoff.next_delay(ConnectionError(f"try {attempt}"))
@@ -41,8 +42,45 @@ def test_an_outage_is_one_warning_and_one_recovery_however_many_tries(
             backoff.recovered()  # a success outside an outage says nothing
     down, up = lines(caplog, "Redis unreachable"), lines(caplog, "Redis reachable again")
     assert len(down) == len(up) == 2
-    assert all(r.levelno == logging.WARNING for r in down + up)
+    assert all(r.levelno == logging.WARNING for r in down)
+    assert all(r.levelno == logging.INFO for r in up)  # a routine recovery
     assert "loop: Redis unreachable (ConnectionError: try 0)" in down[0].getMessage()
+
+
+def test_failures_settling_after_a_recovery_are_not_a_new_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a restart each pooled connection to the old server fails once: the tail of the
+    outage, not a new one; failures that go on past the settling time are."""
+    outage = Outage("component", log, settle_s=0.2)
+    first, second = (Backoff(w, logger=log, outage=outage) for w in ("first", "second"))
+    with caplog.at_level(logging.INFO, logger=log.name):
+        first.next_delay(ConnectionError("down"))
+        second.next_delay(ConnectionError("down"))
+        first.recovered()
+        second.next_delay(ConnectionError("stale connection"))  # settling: quiet
+        second.recovered()
+        assert len(lines(caplog, "Redis unreachable")) == 1
+        first.next_delay(ConnectionError("down again"))  # still settling
+        time.sleep(0.25)
+        first.next_delay(ConnectionError("down again"))  # lasts past it: a new outage
+    down = lines(caplog, "Redis unreachable")
+    assert len(down) == 2 and "down again" in down[1].getMessage()
+    assert len(lines(caplog, "reachable again")) == 1
+
+
+def test_a_long_outage_is_reminded_at_growing_intervals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backoff = Backoff("loop", logger=log, outage=Outage("loop", log, remind_first_s=0.04))
+    with caplog.at_level(logging.INFO, logger=log.name):
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            backoff.next_delay(ConnectionError("down"))
+            time.sleep(0.002)
+    still = lines(caplog, "still unreachable")
+    assert 2 <= len(still) <= 3  # after 0.04 s, 0.12 s, 0.28 s: not one per try
+    assert all(r.levelno == logging.WARNING for r in still)
 
 
 def test_a_failure_the_caller_reports_slows_down_without_an_outage_line(
@@ -66,7 +104,7 @@ async def test_retry_returns_once_the_call_succeeds(caplog: pytest.LogCaptureFix
             raise ConnectionError("gone")
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger=log.name), anyio.fail_after(5):
+    with caplog.at_level(logging.INFO, logger=log.name), anyio.fail_after(5):
         assert await retry(flaky, Backoff("flaky", first_s=0.001, logger=log)) == "ok"
     assert calls == 4
     assert len(lines(caplog, "Redis unreachable")) == len(lines(caplog, "reachable again")) == 1
