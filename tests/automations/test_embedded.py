@@ -1,19 +1,29 @@
-"""The embedded default Redis: when it starts, that it works and stops, stale-run cleanup."""
+"""The embedded default Redis: when it starts, that it works and stops, stale-run cleanup, its
+one address across restarts of ``serve`` (a worker keeps working), SIGHUP."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from automations.connection import EMBEDDED_STATE, embedded_url, redis_url
+from automations.connection import (
+    EMBEDDED_STATE,
+    embedded_url,
+    loopback_url,
+    recorded_port,
+    redis_url,
+)
 from automations.embedded import (
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -21,8 +31,12 @@ from automations.embedded import (
     read_state,
     redis_for_serve,
 )
+from automations.keys import Keys
+from automations.runtime.flow_runs import FlowRun
+from automations.runtime.states import StateType
 from automations.settings import Settings
 from bench.redis_server import free_port
+from tests.runtime.processes import running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -149,3 +163,146 @@ def test_a_state_file_without_a_live_server_is_ignored(tmp_path: Path) -> None:
     assert not (data / EMBEDDED_STATE).exists()
     (data / EMBEDDED_STATE).write_text("garbage")
     assert clean_stale(data) is False
+
+
+def test_the_port_is_kept_across_restarts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = EmbeddedRedis.start(data)
+    first.stop()
+    port = recorded_port(data)
+    assert port is not None and first.url == loopback_url(port)
+    second = EmbeddedRedis.start(data)
+    try:
+        assert second.url == first.url
+        ping(second.url)
+    finally:
+        second.stop()
+    # with probe_localhost off, other commands know the address even while serve is down
+    settings = Settings(redis_url=None, data_dir=data, probe_localhost=False)
+    assert redis_url(settings) == first.url
+
+
+def test_a_port_taken_by_another_program_moves_and_is_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    EmbeddedRedis.start(data).stop()
+    old = recorded_port(data)
+    assert old is not None
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen()
+        with caplog.at_level(logging.WARNING, logger="automations.embedded"):
+            server = EmbeddedRedis.start(data)
+        try:
+            new = recorded_port(data)
+            assert new is not None and new != old and server.url == loopback_url(new)
+            ping(server.url)
+        finally:
+            server.stop()
+    assert f"port {old} of the embedded Redis" in caplog.text and f"port {new}" in caplog.text
+
+
+# -- real `automations serve` and `automations worker` processes ------------------------------
+
+FLOWS = Path(__file__).resolve().parents[1] / "runtime" / "flowdefs.py"
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """No URL and no localhost probe: `serve` starts the embedded Redis in ``tmp_path/data``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOMATIONS_")}
+    env.update({"AUTOMATIONS_DATA_DIR": str(tmp_path / "data"),
+                "AUTOMATIONS_PROBE_LOCALHOST": "false", "AUTOMATIONS_BLOCK_MS": "50",
+                "AUTOMATIONS_RECONNECT_MAX_S": "0.3", "AUTOMATIONS_SHUTDOWN_TIMEOUT_S": "3",
+                "AUTOMATIONS_WORKER_POLL_S": "0.2", "AUTOMATIONS_SCHEDULER_INTERVAL_S": "0.2"})
+    return env
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def serve_process(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """A running `automations serve` with its embedded Redis: (process, URL, redis pid)."""
+    data = tmp_path / "data"
+    with running(["serve"], embedded_env, tmp_path / "serve.log") as proc:
+        wait_for(lambda: embedded_url(data) is not None or proc.poll() is not None,
+                 "the embedded Redis")
+        state = read_state(data)
+        assert proc.poll() is None and state is not None
+        pid = state["pid"]
+        url = state["url"]
+        assert isinstance(pid, int) and isinstance(url, str)
+        yield proc, url, pid
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "automations", *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def run_flow(env: dict[str, str], url: str, a: int) -> None:
+    """`deployments run adder` and wait for the worker to complete it."""
+    cli(env, "deployments", "run", "adder", "--param", f"a={a}")
+    client = redis.Redis.from_url(url)
+    try:
+        def completed() -> bool:
+            runs = [FlowRun.model_validate_json(raw)
+                    for raw in client.hvals(Keys("automations").flow_runs)]
+            return any(r.parameters.get("a") == a and r.state.type == StateType.COMPLETED
+                       for r in runs)
+        wait_for(completed, f"flow run with a={a} to complete")
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(120)
+def test_serve_restarts_on_the_same_address_and_a_worker_keeps_working(
+    embedded_env: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    (tmp_path / "flowdefs.py").write_text(FLOWS.read_text())
+    (tmp_path / "deployments.yaml").write_text(
+        "deployments:\n  - name: adder\n    entrypoint: flowdefs.py:adder\n"
+        "    parameters: {a: 0}\n")
+    with running(["serve"], embedded_env, tmp_path / "serve1.log") as serve:
+        wait_for(lambda: embedded_url(data) is not None, "the first embedded Redis")
+        first = embedded_url(data)
+        assert first is not None
+        # `settings` names the Redis in use, found through the data directory
+        shown = json.loads(cli(embedded_env, "settings", "--json"))["redis"]
+        assert shown["url"] == first and shown["source"] == "embedded"
+        cli(embedded_env, "deployments", "apply", str(tmp_path / "deployments.yaml"))
+        with running(["worker"], embedded_env, tmp_path / "worker.log") as worker:
+            run_flow(embedded_env, first, 1)
+            serve.send_signal(signal.SIGTERM)
+            assert serve.wait(30) == 0
+            assert embedded_url(data) is None
+            with running(["serve"], embedded_env, tmp_path / "serve2.log"):
+                wait_for(lambda: embedded_url(data) is not None, "the second embedded Redis")
+                assert embedded_url(data) == first
+                run_flow(embedded_env, first, 2)  # the worker started before took it
+                assert worker.poll() is None
+
+
+@pytest.mark.timeout(60)
+def test_sighup_stops_serve_and_its_embedded_redis(
+    serve_process: tuple[subprocess.Popen[bytes], str, int], tmp_path: Path
+) -> None:
+    proc, url, redis_pid = serve_process
+    ping(url)
+    wait_for(lambda: "serving" in (tmp_path / "serve.log").read_text(), "serve to be up")
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(30) == 0
+    wait_for(lambda: not alive(redis_pid), "the embedded Redis to stop", timeout=10)
+    assert not (tmp_path / "data" / EMBEDDED_STATE).exists()
+    assert recorded_port(tmp_path / "data") is not None  # the address outlives the run
