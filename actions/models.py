@@ -128,20 +128,28 @@ class ResumeDeployment(_Sourced):
 class PauseAutomation(_Sourced):
     type: Literal["pause-automation"] = "pause-automation"
     automation_id: UUID | None = None
+    automation: str | None = Field(
+        None, min_length=1, description="Automation name (instead of its id), resolved when the "
+        "action runs.")
 
     @model_validator(mode="after")
     def _target(self) -> PauseAutomation:
-        self._check_source(self.automation_id, "automation_id")
+        self._check_source(self.automation_id, "automation_id (or automation)",
+                           also=self.automation)
         return self
 
 
 class ResumeAutomation(_Sourced):
     type: Literal["resume-automation"] = "resume-automation"
     automation_id: UUID | None = None
+    automation: str | None = Field(
+        None, min_length=1, description="Automation name (instead of its id), resolved when the "
+        "action runs.")
 
     @model_validator(mode="after")
     def _target(self) -> ResumeAutomation:
-        self._check_source(self.automation_id, "automation_id")
+        self._check_source(self.automation_id, "automation_id (or automation)",
+                           also=self.automation)
         return self
 
 

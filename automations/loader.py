@@ -7,6 +7,12 @@ dict) is collected. Each error names the file, the field path inside the documen
 (``[1].trigger.triggers[0].within``) and what is wrong; a directory stands for the files
 directly inside it. Names and explicit ids must be unique
 across all files loaded together. Nothing is returned unless everything is valid.
+
+One mistake hides no other: templates and targets (``automations.action_targets``: Apprise
+URLs and webhook URLs) are checked on every action that validates, even when another part of its
+automation does not, and an invalid automation's name still counts against duplicates. Block
+names are checked when the caller gives a ``BlockCheck`` (it reads the known names from Redis,
+and is asked only when some action names a block).
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import re
 import sys
 import traceback
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,19 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from actions.templating import TemplateEngine, check_templates
+from actions.models import Action
+from actions.targets import KnownBlocks
+from actions.templating import TemplateEngine
+from automations.action_targets import (
+    ACTION_LISTS,
+    action_errors,
+    actions_of,
+    automation_suffix,
+    block_refs,
+    join_path,
+    template_problems,
+    valid_actions,
+)
 from automations.errors import InvalidAutomation, InvalidAutomations
 from automations.models import LOOP_ERROR, Automation
 
@@ -34,12 +52,14 @@ JSON_SUFFIXES = frozenset({".json"})
 YAML_SUFFIXES = frozenset({".yaml", ".yml"})
 PY_SUFFIXES = frozenset({".py"})
 TRIGGER_TAGS = frozenset({"event", "compound", "sequence"})
-ACTION_LISTS = ("actions", "actions_on_trigger", "actions_on_resolve")
 MEMBER_LABEL = re.compile(r"^(str|int|float|bool|(list|dict|set|union|function-\w+)\[.*\])$")
 DOCUMENT_KEY = "automations"
 SCHEMA_KEY = "$schema"  # editors' schema hint, allowed beside "automations"
 EXTENSION_PREFIX = "x-"  # beside "automations": free keys, e.g. YAML anchors to merge from
 MERGE_TAG = "tag:yaml.org,2002:merge"
+
+BlockCheck = Callable[[Collection[str]], KnownBlocks | None]
+"""Given the block names the actions use, the known blocks (None: they cannot be checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,35 +71,87 @@ class Loaded:
     path: str
 
 
-def load_files(paths: Iterable[str | Path]) -> list[Automation]:
-    """Every automation of every file, or ``InvalidAutomations`` listing every error."""
-    return [item.automation for item in load_sources(paths)]
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """An automation's name and explicit id, valid or not (for the duplicate check)."""
+
+    name: str
+    id: uuid.UUID | None
+    file: str
+    path: str
 
 
-def load_sources(paths: Iterable[str | Path]) -> list[Loaded]:
+@dataclass(frozen=True, slots=True)
+class _BlockRef:
+    """An action's block name, where it is, and whose it is (checked at the end)."""
+
+    name: str
+    file: str
+    path: str
+    suffix: str
+
+
+@dataclass(slots=True)
+class _Collected:
+    """What loading found so far: valid automations, every error, every name seen."""
+
+    loaded: list[Loaded] = field(default_factory=list)
+    errors: list[InvalidAutomation] = field(default_factory=list)
+    seen: list[_Seen] = field(default_factory=list)
+    blocks: list[_BlockRef] = field(default_factory=list)
+
+    def check_actions(self, actions: Sequence[tuple[str, Action]], *, file: str, prefix: str,
+                      name: Any, engine: TemplateEngine) -> bool:
+        """Template and target errors of ``actions`` (block names kept for later); True when
+        there is none."""
+        problems = action_errors(actions, file=file, prefix=prefix, name=name, engine=engine)
+        self.errors.extend(problems)
+        suffix = automation_suffix(name)
+        self.blocks.extend(_BlockRef(block, file, join_path(prefix, f"{where}.{path}"), suffix)
+                           for where, action in actions for path, block in block_refs(action))
+        return not problems
+
+    def finish(self, check_blocks: BlockCheck | None) -> list[Loaded]:
+        errors = self.errors + self._block_errors(check_blocks) + _duplicates(self.seen)
+        if errors:
+            raise InvalidAutomations(errors)
+        return self.loaded
+
+    def _block_errors(self, check_blocks: BlockCheck | None) -> list[InvalidAutomation]:
+        if check_blocks is None or not self.blocks:
+            return []
+        known = check_blocks(sorted({ref.name for ref in self.blocks}))
+        if known is None:
+            return []
+        return [InvalidAutomation(problem + ref.suffix, file=ref.file, field_path=ref.path)
+                for ref in self.blocks if (problem := known.block_problem(ref.name))]
+
+
+def load_files(paths: Iterable[str | Path], *,
+               check_blocks: BlockCheck | None = None) -> list[Automation]:
+    """Every automation of every file, or ``InvalidAutomations`` listing every error. Block
+    names are checked only with ``check_blocks``."""
+    return [item.automation for item in load_sources(paths, check_blocks=check_blocks)]
+
+
+def load_sources(paths: Iterable[str | Path], *,
+                 check_blocks: BlockCheck | None = None) -> list[Loaded]:
     """Like ``load_files`` but keeps where each automation came from."""
-    loaded: list[Loaded] = []
-    errors: list[InvalidAutomation] = []
+    found = _Collected()
     for given in paths:
         path = Path(given)
         in_directory = path.is_dir()
         for file in _directory_files(path) if in_directory else [path]:
-            items, problems = _load_one(file, in_directory=in_directory)
-            loaded.extend(items)
-            errors.extend(problems)
-    errors.extend(_duplicates(loaded))
-    if errors:
-        raise InvalidAutomations(errors)
-    return loaded
+            _load_one(file, found, in_directory=in_directory)
+    return found.finish(check_blocks)
 
 
-def parse_document(document: Any, *, file: str = "<input>") -> list[Automation]:
+def parse_document(document: Any, *, file: str = "<input>",
+                   check_blocks: BlockCheck | None = None) -> list[Automation]:
     """Automations from an already decoded JSON/YAML document (raises on any error)."""
-    items, errors = _from_document(document, file)
-    errors.extend(_duplicates(items))
-    if errors:
-        raise InvalidAutomations(errors)
-    return [item.automation for item in items]
+    found = _Collected()
+    _from_document(document, file, found)
+    return [item.automation for item in found.finish(check_blocks)]
 
 
 def _directory_files(directory: Path) -> list[Path]:
@@ -89,18 +161,27 @@ def _directory_files(directory: Path) -> list[Path]:
                   and not p.name.startswith((".", "_")))
 
 
-def _load_one(
-    path: Path, *, in_directory: bool = False
-) -> tuple[list[Loaded], list[InvalidAutomation]]:
+def _load_one(path: Path, found: _Collected, *, in_directory: bool = False) -> None:
     file = str(path)
     suffix = path.suffix.lower()
     if suffix not in JSON_SUFFIXES | YAML_SUFFIXES | PY_SUFFIXES:
-        return [], [InvalidAutomation(
-            "unsupported file type; use .json, .yaml, .yml or .py", file=file)]
-    if not path.is_file():
-        return [], [InvalidAutomation("no such file", file=file)]
-    if suffix in PY_SUFFIXES:
-        return _from_module(path, required=not in_directory)
+        found.errors.append(InvalidAutomation(
+            "unsupported file type; use .json, .yaml, .yml or .py", file=file))
+    elif not path.is_file():
+        found.errors.append(InvalidAutomation("no such file", file=file))
+    elif suffix in PY_SUFFIXES:
+        _from_module(path, found, required=not in_directory)
+    else:
+        document, problem = _read_document(path, suffix)
+        if problem is not None:
+            found.errors.append(problem)
+        else:
+            _from_document(document, file, found)
+
+
+def _read_document(path: Path, suffix: str) -> tuple[Any, InvalidAutomation | None]:
+    """The decoded JSON/YAML document, or the reason it cannot be read."""
+    file = str(path)
     try:
         raw = path.read_bytes()
         if suffix in JSON_SUFFIXES:
@@ -108,14 +189,14 @@ def _load_one(
         else:
             document = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except json.JSONDecodeError as exc:
-        return [], [InvalidAutomation(f"invalid JSON: {exc}", file=file)]
+        return None, InvalidAutomation(f"invalid JSON: {exc}", file=file)
     except DuplicateKey as exc:
-        return [], [InvalidAutomation(f"invalid JSON: {exc}", file=file)]
+        return None, InvalidAutomation(f"invalid JSON: {exc}", file=file)
     except yaml.YAMLError as exc:
-        return [], [InvalidAutomation(f"invalid YAML: {_yaml_problem(exc)}", file=file)]
+        return None, InvalidAutomation(f"invalid YAML: {_yaml_problem(exc)}", file=file)
     except (OSError, UnicodeDecodeError) as exc:
-        return [], [InvalidAutomation(f"cannot read: {exc}", file=file)]
-    return _from_document(document, file)
+        return None, InvalidAutomation(f"cannot read: {exc}", file=file)
+    return document, None
 
 
 class DuplicateKey(ValueError):
@@ -157,22 +238,25 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
-def _from_document(document: Any, file: str) -> tuple[list[Loaded], list[InvalidAutomation]]:
+def _from_document(document: Any, file: str, found: _Collected) -> None:
     if isinstance(document, dict) and _document_keys(document) == {DOCUMENT_KEY}:
         entries, prefix = document[DOCUMENT_KEY], DOCUMENT_KEY
         if not isinstance(entries, list):
-            return [], [InvalidAutomation("must be a list of automations", file=file,
-                                          field_path=DOCUMENT_KEY)]
+            found.errors.append(InvalidAutomation("must be a list of automations", file=file,
+                                                  field_path=DOCUMENT_KEY))
+            return
     elif isinstance(document, list):
         entries, prefix = document, ""
     elif isinstance(document, dict):
-        return _validate_each([(document, "")], file)
+        entries, prefix = [document], None
     else:
         kind = "empty" if document is None else f"a {type(document).__name__}"
-        return [], [InvalidAutomation(
+        found.errors.append(InvalidAutomation(
             f"expected an automation, a list of them or {{\"automations\": [...]}}; got {kind}",
-            file=file)]
-    return _validate_each([(entry, f"{prefix}[{i}]") for i, entry in enumerate(entries)], file)
+            file=file))
+        return
+    _validate_each([(entry, "" if prefix is None else f"{prefix}[{i}]")
+                    for i, entry in enumerate(entries)], file, found)
 
 
 def _document_keys(document: dict[Any, Any]) -> set[Any]:
@@ -180,28 +264,41 @@ def _document_keys(document: dict[Any, Any]) -> set[Any]:
             and not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
 
 
-def _validate_each(
-    entries: Sequence[tuple[Any, str]], file: str
-) -> tuple[list[Loaded], list[InvalidAutomation]]:
-    loaded: list[Loaded] = []
-    errors: list[InvalidAutomation] = []
+def _validate_each(entries: Sequence[tuple[Any, str]], file: str, found: _Collected) -> None:
     templates = TemplateEngine()
     for entry, path in entries:
         if not isinstance(entry, dict):
-            errors.append(InvalidAutomation(
+            found.errors.append(InvalidAutomation(
                 f"expected an automation (a mapping), got {type(entry).__name__}",
                 file=file, field_path=path))
             continue
+        name = entry.get("name")
         try:
             automation = Automation.model_validate(entry)
         except ValidationError as exc:
-            errors.extend(validation_errors(exc, file=file, prefix=path, name=entry.get("name")))
+            found.errors.extend(validation_errors(exc, file=file, prefix=path, name=name))
+            # the actions that do validate may hold more mistakes: report them now too
+            found.check_actions(valid_actions(entry), file=file, prefix=path, name=name,
+                                engine=templates)
+            if isinstance(name, str):
+                found.seen.append(_Seen(name, _explicit_id(entry), file, path))
             continue
-        problems = template_errors(automation, file=file, prefix=path, engine=templates)
-        errors.extend(problems)
-        if not problems:
-            loaded.append(Loaded(automation, file, path))
-    return loaded, errors
+        found.seen.append(_seen(automation, file, path))
+        if found.check_actions(actions_of(automation), file=file, prefix=path,
+                               name=automation.name, engine=templates):
+            found.loaded.append(Loaded(automation, file, path))
+
+
+def _explicit_id(entry: dict[Any, Any]) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(entry["id"])) if "id" in entry else None
+    except ValueError:
+        return None
+
+
+def _seen(automation: Automation, file: str, path: str) -> _Seen:
+    explicit = automation.id if "id" in automation.model_fields_set else None
+    return _Seen(automation.name, explicit, file, path)
 
 
 def template_errors(
@@ -214,16 +311,9 @@ def template_errors(
     """Templates of the automation's actions that could never render (``actions.templating``
     parse and limits), each with its field path."""
     engine = engine or TemplateEngine()
-    errors: list[InvalidAutomation] = []
-    for field in ACTION_LISTS:
-        for i, action in enumerate(getattr(automation, field)):
-            for problem in check_templates(action, engine):
-                path, _, message = problem.partition(": ")
-                message = message.splitlines()[0] if message else problem
-                errors.append(InvalidAutomation(
-                    f"template error: {message}", file=file,
-                    field_path=_join(prefix, f"{field}[{i}].{path}")))
-    return errors
+    return [InvalidAutomation(message, file=file, field_path=join_path(prefix, f"{where}.{path}"))
+            for where, action in actions_of(automation)
+            for path, message in template_problems(action, engine)]
 
 
 def validation_errors(
@@ -231,7 +321,7 @@ def validation_errors(
 ) -> list[InvalidAutomation]:
     """One ``InvalidAutomation`` per pydantic error, with a readable field path."""
     by_path: dict[str, list[str]] = {}
-    suffix = f" (automation {name!r})" if isinstance(name, str) and name else ""
+    suffix = automation_suffix(name)
     for error in exc.errors(include_url=False):
         ctx = error.get("ctx") or {}
         if error["type"] == LOOP_ERROR:
@@ -285,44 +375,55 @@ def _is_union_tag(item: str, previous: Sequence[int | str]) -> bool:
     return False
 
 
-def _duplicates(loaded: Sequence[Loaded]) -> list[InvalidAutomation]:
+def _duplicates(seen: Sequence[_Seen]) -> list[InvalidAutomation]:
     errors: list[InvalidAutomation] = []
-    names: dict[str, Loaded] = {}
-    ids: dict[uuid.UUID, Loaded] = {}
-    for item in loaded:
-        automation = item.automation
-        first = names.setdefault(automation.name, item)
+    names: dict[str, _Seen] = {}
+    ids: dict[uuid.UUID, _Seen] = {}
+    for item in seen:
+        first = names.setdefault(item.name, item)
         if first is not item:
             errors.append(InvalidAutomation(
-                f"duplicate name {automation.name!r} (also at {_where(first)}); "
-                "names must be unique", file=item.file, field_path=_join(item.path, "name")))
-        if "id" in automation.model_fields_set:
-            other = ids.setdefault(automation.id, item)
+                f"duplicate name {item.name!r} (also at {_where(first)}); "
+                "names must be unique", file=item.file, field_path=join_path(item.path, "name")))
+        if item.id is not None:
+            other = ids.setdefault(item.id, item)
             if other is not item:
                 errors.append(InvalidAutomation(
-                    f"duplicate id {automation.id} (also at {_where(other)})",
-                    file=item.file, field_path=_join(item.path, "id")))
+                    f"duplicate id {item.id} (also at {_where(other)})",
+                    file=item.file, field_path=join_path(item.path, "id")))
     return errors
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _where(item: Loaded) -> str:
+def _where(item: _Seen) -> str:
     return f"{item.file}:{item.path}" if item.path else item.file
 
 
-def _from_module(
-    path: Path, *, required: bool = True
-) -> tuple[list[Loaded], list[InvalidAutomation]]:
+def _from_module(path: Path, found: _Collected, *, required: bool = True) -> None:
     """Import ``path`` as a throwaway module and collect its ``Automation`` objects (a helper
     module found in a directory may define none)."""
+    file = str(path)
+    namespace, problems = _import_module(path)
+    if namespace is None:
+        found.errors.extend(problems)
+        return
+    defined = _collect(namespace)
+    if not defined and required:
+        found.errors.append(InvalidAutomation("defines no Automation objects", file=file))
+    engine = TemplateEngine()
+    valid = [found.check_actions(actions_of(a), file=file, prefix=name, name=a.name,
+                                 engine=engine) for name, a in defined]
+    found.seen.extend(_seen(a, file, name) for name, a in defined)
+    if all(valid):
+        found.loaded.extend(Loaded(a, file, name) for name, a in defined)
+
+
+def _import_module(path: Path) -> tuple[dict[str, Any] | None, list[InvalidAutomation]]:
+    """The module's namespace, or None and why it could not be imported."""
     file = str(path)
     module_name = f"_automations_file_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        return [], [InvalidAutomation("cannot import this file", file=file)]
+        return None, [InvalidAutomation("cannot import this file", file=file)]
     module = importlib.util.module_from_spec(spec)
     directory = str(path.resolve().parent)
     sys.path.insert(0, directory)
@@ -330,22 +431,20 @@ def _from_module(
     try:
         spec.loader.exec_module(module)
     except ValidationError as exc:
-        return [], validation_errors(exc, file=_failing_line(exc, path))
+        return None, validation_errors(exc, file=_failing_line(exc, path))
+    except SystemExit as exc:  # exit() in a user's module must not end the CLI
+        return None, [InvalidAutomation(
+            f"the file raised SystemExit({exc.code!r}) while loading (sys.exit() or exit()); "
+            "an automations file must define automations, not exit",
+            file=_failing_line(exc, path))]
     except Exception as exc:  # a user's module can raise anything; report it, do not crash
-        return [], [InvalidAutomation(f"import failed: {type(exc).__name__}: {exc}",
-                                      file=_failing_line(exc, path))]
+        return None, [InvalidAutomation(f"import failed: {type(exc).__name__}: {exc}",
+                                        file=_failing_line(exc, path))]
     finally:
         sys.modules.pop(module_name, None)
         if directory in sys.path:
             sys.path.remove(directory)
-    found = _collect(vars(module))
-    if not found:
-        return [], [InvalidAutomation("defines no Automation objects", file=file)] \
-            if required else []
-    engine = TemplateEngine()
-    errors = [e for name, a in found
-              for e in template_errors(a, file=file, prefix=name, engine=engine)]
-    return ([] if errors else [Loaded(a, file, name) for name, a in found]), errors
+    return vars(module), []
 
 
 def _failing_line(exc: BaseException, path: Path) -> str:

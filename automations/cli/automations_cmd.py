@@ -2,36 +2,45 @@
 
 ``apply`` and ``validate`` load JSON, YAML or Python files (``automations.loader``) and report
 every error at once (exit code 2, nothing stored); ``validate`` and ``schema`` need no Redis.
-Machine-readable output (``inspect --json/--yaml``, ``schema``) goes to stdout unstyled.
+Block names are checked against Redis: ``apply`` needs it anyway, ``validate`` checks them when
+Redis answers within a few seconds and otherwise says that it could not (not an error).
+Machine-readable output (``ls --json``, ``inspect --json/--yaml``, ``schema``) goes to stdout
+unstyled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
 
 import anyio
 import orjson
+import redis.exceptions
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from actions.models import Action
+from actions.targets import KnownBlocks
+from automations.action_targets import known_blocks
 from automations.cli.common import (
     EXIT_USER_ERROR,
     console,
     err_console,
     load_settings,
+    settings_error,
     user_errors,
 )
-from automations.connection import connect
+from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
 from automations.errors import InvalidAutomation, InvalidAutomations
 from automations.keys import Keys
 from automations.loader import file_schema, load_sources
 from automations.models import Automation
+from automations.settings import Settings
 from automations.store import ApplyResult, AutomationStore
 from triggers.models import CompoundTrigger, EventTrigger, Posture, Trigger, never_fires
 
@@ -40,6 +49,9 @@ T = TypeVar("T")
 FilesArg = Annotated[list[Path], typer.Argument(
     help="JSON, YAML or Python files, or directories of them.")]
 NameArg = Annotated[str, typer.Argument(help="Automation name (or id).")]
+BLOCKS_WAIT_S = 3.0
+"""How long ``validate`` waits for Redis to read the block names before it gives up on them."""
+_UNREACHABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, *CONNECTION_ERRORS)
 
 
 def register(app: typer.Typer) -> None:
@@ -60,19 +72,28 @@ def apply(
     = False,
 ) -> None:
     """Create or update automations by name from FILES (atomic: all or nothing)."""
-    automations = _load_or_exit(files)
+    automations = _load_or_exit(files, BlockCheck(load_settings()))
     _print_warnings(automations)
     result = _with_store(lambda store: store.apply(automations, prune=prune, dry_run=dry_run))
     _print_result(result)
 
 
-def ls() -> None:
+def ls(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
     """List automations: name, enabled, trigger, actions, last fired."""
 
     async def fetch(store: AutomationStore) -> tuple[list[Automation], dict[str, str]]:
         return await store.all(), await store.last_fired()
 
     automations, fired = _with_store(fetch)
+    if as_json:
+        for a in automations:
+            typer.echo(orjson.dumps({
+                "id": str(a.id), "name": a.name, "enabled": a.enabled,
+                "trigger": describe_trigger(a.trigger), "actions": [x.type for x in a.actions],
+                "last_fired": fired.get(str(a.id))}).decode())
+        return
     if not automations:
         console.print("no automations")
         return
@@ -122,8 +143,13 @@ def delete(name: NameArg) -> None:
 
 
 def validate(files: FilesArg) -> None:
-    """Check FILES offline (no Redis): every error at once, plus never-fires warnings."""
-    automations = _load_or_exit(files)
+    """Check FILES: every error at once, plus never-fires warnings. Needs no Redis; block
+    names are checked when Redis can be reached."""
+    try:
+        check = BlockCheck(Settings(), wait_s=BLOCKS_WAIT_S)
+    except ValidationError as exc:
+        check = BlockCheck(None, unavailable=settings_error(exc))
+    automations = _load_or_exit(files, check)
     _print_warnings(automations)
     for a in automations:
         console.print(f"[green]ok[/] {escape(a.name)}: {escape(describe_trigger(a.trigger))}",
@@ -139,13 +165,53 @@ def schema() -> None:
 # -- helpers --------------------------------------------------------------------------
 
 
-def _load_or_exit(files: Sequence[Path]) -> list[Automation]:
+class BlockCheck:
+    """Reads the known block names from Redis for the loader, once, only when an action names
+    a block. When Redis cannot be reached in ``wait_s`` it answers None (not checked) and
+    keeps a ``note`` saying why."""
+
+    def __init__(self, settings: Settings | None, *, wait_s: float | None = None,
+                 unavailable: str = "") -> None:
+        self.settings = settings
+        self.wait_s = wait_s
+        self.unavailable = unavailable
+        self.note = ""
+
+    def __call__(self, names: Collection[str]) -> KnownBlocks | None:
+        if self.settings is None:
+            self.note = f"block names were not checked ({self.unavailable})"
+            return None
+        settings = self.settings
+        url = redis_url(settings)
+
+        async def fetch() -> KnownBlocks:
+            client = connect(settings)
+            try:
+                with anyio.fail_after(self.wait_s):
+                    return await known_blocks(client, Keys(settings.prefix))
+            finally:
+                await client.aclose()
+
+        try:
+            return anyio.run(fetch)
+        except _UNREACHABLE as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            self.note = (f"block names were not checked: cannot reach Redis at "
+                         f"{display_url(url)} ({reason})")
+            return None
+
+
+def _load_or_exit(files: Sequence[Path], check_blocks: BlockCheck) -> list[Automation]:
     try:
-        return [item.automation for item in load_sources(files)]
+        return [item.automation for item in load_sources(files, check_blocks=check_blocks)]
     except InvalidAutomations as exc:
         _report(exc.errors)
     except InvalidAutomation as exc:
         _report([exc])
+    finally:
+        if check_blocks.note:
+            err_console.print(f"[yellow]note:[/] {escape(check_blocks.note)}", highlight=False,
+                              soft_wrap=True)
 
 
 def _report(errors: Sequence[InvalidAutomation]) -> NoReturn:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
+import orjson
 import typer
 from rich.markup import escape
 
@@ -71,10 +72,17 @@ def set_block(
 
 
 @blocks_app.command("ls")
-def ls() -> None:
+def ls(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+       = False) -> None:
     """List block names (never values), and blocks only set in the environment."""
     blocks = _with_blocks(lambda b: b.names())
     env_only = sorted(set(env_block_vars()) - {env_name(b) for b in blocks})
+    if as_json:
+        for name in blocks:
+            typer.echo(orjson.dumps({"name": name, "source": "stored"}).decode())
+        for var in env_only:
+            typer.echo(orjson.dumps({"variable": var, "source": "environment"}).decode())
+        return
     if not blocks and not env_only:
         console.print("no blocks")
         return

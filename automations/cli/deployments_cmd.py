@@ -1,25 +1,39 @@
-"""``automations deployments apply|ls|inspect|run|pause|resume|delete``; ``automations worker``."""
+"""``automations deployments apply|ls|inspect|run|pause|resume|delete``; ``automations worker``.
+
+``run`` checks the parameters against the flow's signature (the schema ``apply`` stored) before
+creating the run: an unknown name, a missing required parameter or a value of the wrong type is
+refused with exit code 2, instead of a run the worker can only fail.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import orjson
 import typer
+import yaml
+from rich.markup import escape
 from rich.table import Column, Table
 
-from automations.cli.common import console, fail, load_settings, run
-from automations.connection import connect
+from automations.cli.common import console, err_console, fail, load_settings, run
+from automations.cli.serve_cmd import unwrapped
+from automations.connection import connect, display_url, redis_url
 from automations.keys import Keys
-from automations.runtime.deployment_files import load_file
-from automations.runtime.deployments import DeploymentStore
+from automations.logging_setup import configure_logging
+from automations.runtime.deployment_files import check_run_parameters, load_file
+from automations.runtime.deployments import Deployment, DeploymentStore
 from automations.runtime.flow_runs import FlowRunStore, build_flow_run
 from automations.runtime.worker import Worker
+from automations.service import run_observed, wait_for_redis
 from automations.settings import Settings
+
+NameArg = Annotated[str, typer.Argument(help="Deployment name or id.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line).")]
 
 deployments_app = typer.Typer(help="Deployments: apply, list, run, pause and resume them.",
                               no_args_is_help=True)
@@ -64,7 +78,7 @@ def apply_cmd(
 
 
 @deployments_app.command("ls")
-def ls_cmd() -> None:
+def ls_cmd(as_json: JsonOpt = False) -> None:
     """List deployments with their schedules and state."""
     settings = load_settings()
 
@@ -74,6 +88,10 @@ def ls_cmd() -> None:
             deployments = await DeploymentStore(client, Keys(settings.prefix)).all()
         finally:
             await client.aclose()
+        if as_json:
+            for dep in deployments:
+                typer.echo(orjson.dumps(dep.record()).decode())
+            return
         table = Table(Column("name", no_wrap=True), "flow", "entrypoint", "schedules", "status",
                       Column("id", overflow="fold"))  # folds on a narrow terminal
         for dep in deployments:
@@ -87,9 +105,15 @@ def ls_cmd() -> None:
 
 
 @deployments_app.command("inspect")
-def inspect_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.")]) -> None:
-    """Print a deployment as JSON."""
+def inspect_cmd(
+    name: NameArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the default).")] = False,
+    as_yaml: Annotated[bool, typer.Option("--yaml", help="Print YAML.")] = False,
+) -> None:
+    """Print a deployment as JSON (or YAML with `--yaml`)."""
     settings = load_settings()
+    if as_json and as_yaml:
+        fail("give --json or --yaml, not both")
 
     async def main() -> None:
         client = connect(settings)
@@ -97,6 +121,9 @@ def inspect_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.
             dep = await DeploymentStore(client, Keys(settings.prefix)).resolve(name)
         finally:
             await client.aclose()
+        if as_yaml:
+            typer.echo(yaml.safe_dump(dep.record(), sort_keys=False, allow_unicode=True), nl=False)
+            return
         typer.echo(orjson.dumps(dep.record(), option=orjson.OPT_INDENT_2).decode())
 
     run(main)
@@ -104,11 +131,14 @@ def inspect_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.
 
 @deployments_app.command("run")
 def run_cmd(
-    name: Annotated[str, typer.Argument(help="Deployment name or id.")],
+    name: NameArg,
     param: Annotated[list[str] | None, typer.Option("--param", "-p",
                                                     help="key=value (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new run as JSON.")]
+    = False,
 ) -> None:
-    """Create a flow run of a deployment now; a worker runs it."""
+    """Create a flow run of a deployment now; a worker runs it. Parameters are checked
+    against the flow's signature first (exit code 2 when they do not fit)."""
     settings = load_settings()
     params = _parse_params(param or [])
 
@@ -117,26 +147,42 @@ def run_cmd(
         try:
             keys = Keys(settings.prefix)
             dep = await DeploymentStore(client, keys).resolve(name)
+            note = check_run_parameters(dep, params)
+            if note:
+                err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False,
+                                  soft_wrap=True)
             flow_run = build_flow_run(dep, params, message="Created from the CLI")
             await FlowRunStore(client, settings, keys).create(flow_run)
         finally:
             await client.aclose()
+        if as_json:
+            typer.echo(orjson.dumps(flow_run.record()).decode())
+            return
         console.print(f"created flow run {flow_run.name} ({flow_run.id})", highlight=False)
 
     run(main)
 
 
 def _set_paused(name: str, paused: bool) -> None:
+    """Pause or resume; one already in that state is left alone (a resume would restart its
+    schedules from now) and said so, exit code 0."""
     settings = load_settings()
 
     async def main() -> None:
         client = connect(settings)
         try:
             store = DeploymentStore(client, Keys(settings.prefix))
-            dep = await store.set_paused((await store.resolve(name)).id, paused)
+            dep: Deployment = await store.resolve(name)
+            changed = dep.paused != paused
+            if changed:
+                dep = await store.set_paused(dep.id, paused)
         finally:
             await client.aclose()
-        console.print(f"{'paused' if paused else 'resumed'} {dep.name}", highlight=False)
+        if changed:
+            console.print(f"{'paused' if paused else 'resumed'} {dep.name}", highlight=False)
+        else:
+            state = "already paused" if paused else "not paused (already active)"
+            console.print(f"{dep.name} is {state}", highlight=False)
 
     run(main)
 
@@ -170,24 +216,29 @@ def delete_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id."
 
 
 async def serve_worker(settings: Settings, concurrency: int) -> None:
-    """Run a worker until SIGTERM/SIGINT; runs in hand get ``shutdown_timeout_s`` to finish,
-    then their processes are killed (and the runs recorded Crashed)."""
+    """Run a worker until SIGTERM/SIGINT/SIGHUP; runs in hand get ``shutdown_timeout_s`` to
+    finish, then their processes are killed (and the runs recorded Crashed). Redis away at
+    start for ``startup_timeout_s``: ``BusUnavailable`` (exit code 4)."""
     client = connect(settings)
     worker = Worker(client, settings, concurrency=concurrency)
-    logging.getLogger(__name__).info("worker %s started (concurrency %d)", worker.name,
-                                     concurrency)
+    stopping = anyio.Event()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, worker, settings)
-            await worker.run()
+            tg.start_soon(_stop_on_signal, worker, settings, stopping)
+            if await wait_for_redis(client, display_url(redis_url(settings)), settings,
+                                    stopping):
+                logging.getLogger(__name__).info("worker %s started (concurrency %d)",
+                                                 worker.name, concurrency)
+                await worker.run()
             tg.cancel_scope.cancel()
     finally:
         await client.aclose()
 
 
-async def _stop_on_signal(worker: Worker, settings: Settings) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _stop_on_signal(worker: Worker, settings: Settings, stopping: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for _ in signals:
+            stopping.set()
             worker.stop()
             break
     await anyio.sleep(settings.shutdown_timeout_s)
@@ -205,7 +256,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run flow runs from the runs stream, each in its own process."""
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run(lambda: serve_worker(settings, concurrency))
+        configure_logging(settings.log_level, settings.log_format)
+        run(lambda: unwrapped(run_observed(settings, "worker",
+                                           partial(serve_worker, settings, concurrency))))
 

@@ -14,7 +14,13 @@ from rich.markup import escape
 from automations.cli.common import EXIT_USER_ERROR, console, err_console, fail, load_settings, run
 from automations.connection import connect, display_url, redis_url
 from automations.errors import BusUnavailable, InvalidEvent
-from automations.events import RESOURCE_ID, RESOURCE_ROLE, Event, event_json_schema
+from automations.events import (
+    MAX_EVENT_BYTES,
+    RESOURCE_ID,
+    RESOURCE_ROLE,
+    Event,
+    event_json_schema,
+)
 from automations.keys import Keys
 from automations.settings import Settings
 from automations.streams.publish import Publisher, build_event
@@ -66,14 +72,32 @@ def event_from_args(
 
 
 def parse_lines(lines: Iterable[str]) -> Iterator[tuple[int, Event | str]]:
-    """(line number, event or error message) for every non-blank line."""
+    """(line number, event or error message) for every non-blank line. As with Python's
+    ``emit``, ``"resource"`` may be a bare string: the resource id."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             yield number, Event.from_json(line)
         except InvalidEvent as exc:
-            yield number, str(exc)
+            yield number, _with_bare_resource(line) or str(exc)
+
+
+def _with_bare_resource(line: str) -> Event | str | None:
+    """For a line whose ``resource`` is a bare string, its event or what is still wrong with
+    it; None for any other line (its first error stands)."""
+    if len(line) > MAX_EVENT_BYTES:
+        return None
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("resource"), str):
+        return None
+    try:
+        return build_event(data)
+    except InvalidEvent as exc:
+        return str(exc)
 
 
 async def emit_lines(settings: Settings, source: TextIO) -> tuple[int, int]:

@@ -60,6 +60,10 @@ class AutomationsPort(Protocol):
     """
 
     async def get(self, automation_id: UUID, /) -> AutomationView | None: ...
+    async def by_name(self, name: str, /) -> AutomationView:
+        """The automation called ``name``; raises ``NotFound`` when there is none."""
+        ...
+
     async def set_enabled(self, automation_id: UUID, enabled: bool, /) -> object: ...
 
 

@@ -10,6 +10,7 @@ reported at once, each with its place (``deployments[1].schedules[0].cron: ...``
 from __future__ import annotations
 
 import runpy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from pydantic import ValidationError
 from automations.errors import AutomationsError
 from automations.events import format_validation_error
 from automations.runtime.deployments import Deployment
-from automations.runtime.entrypoints import EntrypointError, check_parameters, flow_name_of
+from automations.runtime.entrypoints import (
+    EntrypointError,
+    check_parameters,
+    flow_name_of,
+    schema_of,
+)
 from automations.runtime.entrypoints import load_entrypoint as load_target
+from automations.runtime.parameter_schema import parameter_problems
 
 
 class InvalidDeployment(AutomationsError, ValueError):
@@ -38,6 +45,9 @@ def _read(path: Path) -> Any:
         return orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         raise InvalidDeployment(f"{path}: cannot parse: {exc}") from None
+    except SystemExit as exc:  # exit() in a definitions file must not end the CLI
+        raise InvalidDeployment(f"{path}: the file raised SystemExit({exc.code!r}) while "
+                                "loading; it must define deployments, not exit") from None
     except Exception as exc:  # a Python file that fails to run
         raise InvalidDeployment(f"{path}: {type(exc).__name__}: {exc}") from None
 
@@ -93,8 +103,29 @@ def load_file(path: Path, *, check_entrypoints: bool = True) -> list[Deployment]
 
 
 def check_entrypoint(dep: Deployment) -> Deployment:
-    """Load the entrypoint, check the default parameters, fill in ``flow_name``."""
+    """Load the entrypoint, check the default parameters, fill in ``flow_name`` and the
+    parameter schema that runs are checked against."""
     target = load_target(dep.entrypoint, dep.working_dir)
     parameters = check_parameters(target, dep.parameters, complete=False)
     del parameters  # coerced values are for running; store what the user wrote
-    return dep if dep.flow_name else dep.model_copy(update={"flow_name": flow_name_of(target)})
+    update: dict[str, Any] = {"parameter_openapi_schema": schema_of(target)}
+    if not dep.flow_name:
+        update["flow_name"] = flow_name_of(target)
+    return dep.model_copy(update=update)
+
+
+def check_run_parameters(dep: Deployment, given: Mapping[str, Any]) -> str | None:
+    """Refuse (``InvalidDeployment``) parameters that do not fit the deployment's flow, before a
+    run is created. A deployment applied by an older version has no stored schema: its flow is
+    loaded to read the signature; when that fails the returned note says nothing was checked."""
+    schema = dep.parameter_openapi_schema
+    if schema is None:
+        try:
+            schema = schema_of(load_target(dep.entrypoint, dep.working_dir))
+        except EntrypointError as exc:
+            return f"parameters not checked against the flow (cannot load it: {exc})"
+    problems = parameter_problems(schema, dep.parameters, given)
+    if problems:
+        raise InvalidDeployment(f"invalid parameters for deployment {dep.name!r}: "
+                                + "; ".join(problems))
+    return None

@@ -132,6 +132,9 @@ class Deployment(BaseModel):
         None, description="Directory the worker runs the flow in (relative paths resolve here)."
     )
     parameters: dict[str, Any] = Field(default_factory=dict)
+    parameter_openapi_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema of the flow's parameters, computed from its signature by "
+        "`deployments apply` (Prefect's name); runs are checked against it. None: not known.")
     tags: list[str] = Field(default_factory=list)
     description: str = ""
     schedules: list[Schedule] = Field(default_factory=list)

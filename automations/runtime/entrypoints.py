@@ -18,6 +18,7 @@ from typing import Any, get_type_hints
 from pydantic import TypeAdapter, ValidationError
 
 from automations.runtime.flows import Flow
+from automations.runtime.parameter_schema import parameter_schema
 
 
 class EntrypointError(ValueError):
@@ -54,7 +55,7 @@ def load_entrypoint(entrypoint: str, working_dir: str | None = None) -> Callable
             module = importlib.import_module(target)
     except EntrypointError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # user code: exit() must not end the caller
         raise EntrypointError(f"cannot import {target!r}: {type(exc).__name__}: {exc}") from exc
     found = getattr(module, attr, None)
     if found is None or not callable(found):
@@ -70,6 +71,11 @@ def as_flow(obj: Callable[..., Any]) -> Flow[..., Any]:
 
 def flow_name_of(obj: Callable[..., Any]) -> str:
     return as_flow(obj).name
+
+
+def schema_of(obj: Callable[..., Any]) -> dict[str, Any]:
+    """The JSON Schema of the flow's (or function's) parameters."""
+    return parameter_schema(obj.fn if isinstance(obj, Flow) else obj)
 
 
 def check_parameters(fn: Callable[..., Any], params: Mapping[str, Any], *,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from actions.models import DoNothing, PauseAutomation, ResumeAutomation
 from automations.dispatch.dispatcher import Dispatcher
@@ -58,3 +60,40 @@ async def test_pausing_a_deleted_automation_is_not_found(
     await dispatcher.drain()
     failed = (await action_events(redis, keys))[-1]
     assert failed["payload"]["reason"] == "not-found"
+
+
+async def test_pause_and_resume_by_name(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
+) -> None:
+    [target] = await stored(store, automation(DoNothing(), name="target"))
+    pauser, resumer = await stored(
+        store, automation(PauseAutomation(automation="target"), name="pauser"),
+        automation(ResumeAutomation(automation="target"), name="resumer"))
+    await fire(redis, keys, pauser, disk_event())
+    await dispatcher.drain()
+    assert (await store.by_name("target")).enabled is False
+    executed = (await action_events(redis, keys))[-1]
+    assert executed["payload"]["automation_id"] == str(target.id)
+    await fire(redis, keys, resumer, disk_event())
+    await dispatcher.drain()
+    assert (await store.by_name("target")).enabled is True
+
+
+async def test_an_unknown_automation_name_fails_at_once_with_the_name(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
+) -> None:
+    [a] = await stored(store, automation(PauseAutomation(automation="ghost")))
+    await fire(redis, keys, a, disk_event())
+    await dispatcher.drain()
+    [failed] = [e for e in await action_events(redis, keys) if e["event"].endswith(".failed")]
+    assert failed["payload"]["reason"] == "not-found"
+    assert failed["payload"]["message"] == "no automation named 'ghost'"
+    assert failed["payload"]["will_retry"] is False
+
+
+def test_a_name_or_an_id_is_required_and_not_with_inferred() -> None:
+    assert PauseAutomation.model_validate({"automation": "x"}).automation == "x"
+    with pytest.raises(ValidationError, match=r"automation_id \(or automation\) is required"):
+        PauseAutomation.model_validate({})
+    with pytest.raises(ValidationError, match="not allowed when source is 'inferred'"):
+        ResumeAutomation.model_validate({"source": "inferred", "automation": "x"})

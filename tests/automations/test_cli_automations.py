@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from automations.cli.app import app
 from automations.cli.common import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USER_ERROR
@@ -92,10 +91,23 @@ def test_ls_shows_name_enabled_trigger_actions_and_last_fired(
     assert "3x prefect.flow-run.Failed in 10m per prefect.resource.id" in out
     assert "all of 2 within 1h" in out and "run-deployment" in out and "do-nothing" in out
     assert "2026-11-24T23:59:00+00:00" in out
+    lines = [json.loads(line) for line in cli("ls", "--json").stdout.splitlines()]
+    one = next(line for line in lines if line["name"] == "one")
+    assert one == {"id": ident.decode() if isinstance(ident, bytes) else ident,
+                   "name": "one", "enabled": True,
+                   "trigger": "3x prefect.flow-run.Failed in 10m per prefect.resource.id",
+                   "actions": ["do-nothing"], "last_fired": "2026-11-24T23:59:00+00:00"}
+    assert len(lines) == 2
 
 
 def test_inspect_json_and_yaml_apply_again_unchanged(cli: Any, tmp_path: Path) -> None:
-    cli("apply", FIXTURES / "inspect-by-name-proactive.json")
+    # the export's send-notification names a block (Prefect's block_document_id): apply
+    # refuses it until the block exists
+    export = FIXTURES / "inspect-by-name-proactive.json"
+    refused = cli("apply", export, code=EXIT_USER_ERROR)
+    assert "actions[1].block_document_id: unknown block" in refused.stderr
+    cli("blocks", "set", "11111111-2222-4333-8444-555555555555", "json://127.0.0.1:9/")
+    cli("apply", export)
     name = "flow run stuck in Running for 1h"
     as_json = cli("inspect", name, "--json").stdout
     assert json.loads(as_json)["trigger"]["within"] == 3600.0

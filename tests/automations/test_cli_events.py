@@ -122,6 +122,22 @@ def test_emit_file_keeps_ids_and_times_and_reports_bad_lines(
     assert [Event.parse(g) for g in good] == events
 
 
+def test_emit_file_accepts_a_bare_string_resource_as_python_emit_does(
+    env: dict[str, str], sync_redis: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"event": "prefect.flow-run.Failed", "resource": "prefect.flow-run.1"}\n'
+                    '{"event": "x", "resource": "prefect.flow-run.2", "occurred": "soon"}\n'
+                    '{"event": "x", "resource": ""}\n')
+    result = invoke(env, "emit", "--file", str(path))
+    assert result.exit_code == 2
+    assert "line 2: occurred:" in result.stderr  # the real mistake, not the resource's form
+    assert "line 3: resource" in result.stderr
+    assert "emitted 1 events, 2 bad lines skipped" in result.stderr
+    [event] = stored(sync_redis, keys)
+    assert event.resource == {"prefect.resource.id": "prefect.flow-run.1"}
+
+
 def test_emit_from_stdin(env: dict[str, str], sync_redis: redis.Redis, keys: Keys) -> None:
     lines = "".join(
         orjson.dumps({"event": "s", "resource": {"prefect.resource.id": f"r{i}"}}).decode() + "\n"

@@ -202,6 +202,28 @@ def test_python_module_errors_point_at_the_line(tmp_path: Path) -> None:
     assert errors[2] == f"{empty}: defines no Automation objects"
 
 
+def test_a_python_file_that_exits_is_an_error_not_an_exit(tmp_path: Path) -> None:
+    quits = tmp_path / "quits.py"
+    quits.write_text("import sys\n\nsys.exit(3)\n")
+    good = write(tmp_path / "good.yaml", GOOD)
+    errors = errors_of(quits, good)
+    assert errors == [f"{quits}:3: the file raised SystemExit(3) while loading (sys.exit() or "
+                      "exit()); an automations file must define automations, not exit"]
+
+
+def test_a_python_automation_with_a_template_error_still_counts_for_duplicates(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "defs.py"
+    module.write_text("from automations import Automation\n"
+                      "from actions.models import SendNotification\n"
+                      "a = Automation(name='good', trigger={'expect': ['x']}, actions=["
+                      "SendNotification(urls=['json://127.0.0.1:9/'], body='{{ x }')])\n")
+    errors = errors_of(module, write(tmp_path / "b.yaml", GOOD))
+    assert errors[0].startswith(f"{module}:a.actions[0].body: template error:")
+    assert errors[1].startswith(f"{tmp_path / 'b.yaml'}:name: duplicate name 'good'")
+
+
 def test_python_modules_can_import_their_siblings(tmp_path: Path) -> None:
     (tmp_path / "common.py").write_text("EXPECT = {'sibling.event'}\n")
     module = tmp_path / "defs.py"

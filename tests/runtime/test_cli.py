@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+import yaml
 from typer.testing import CliRunner
 
 from automations.cli.app import app
@@ -67,9 +68,62 @@ def test_apply_ls_inspect_run_pause_resume(
     assert cli.invoke(app, ["deployments", "pause", "extract-hourly"]).exit_code == 0
     assert orjson.loads(cli.invoke(app, ["deployments", "inspect",
                                          "extract-hourly"]).output)["paused"] is True
+    again = cli.invoke(app, ["deployments", "pause", "extract-hourly"])
+    assert again.exit_code == 0 and "extract-hourly is already paused" in again.output
     assert cli.invoke(app, ["deployments", "resume", "extract-hourly"]).exit_code == 0
     assert orjson.loads(cli.invoke(app, ["deployments", "inspect",
                                          "extract-hourly"]).output)["paused"] is False
+    active = cli.invoke(app, ["deployments", "resume", "extract-hourly"])
+    assert active.exit_code == 0 and "not paused (already active)" in active.output
+
+
+def test_run_checks_parameters_against_the_flow_before_creating_a_run(
+    cli: CliRunner, sync_redis: redis.Redis, runtime_env: Settings, tmp_path: Path
+) -> None:
+    shutil.copy(EXAMPLES / "flows.py", tmp_path / "flows.py")
+    shutil.copy(EXAMPLES / "deployments.yaml", tmp_path / "deployments.yaml")
+    assert cli.invoke(app, ["deployments", "apply",
+                            str(tmp_path / "deployments.yaml")]).exit_code == 0
+    keys = Keys(runtime_env.prefix)
+    for params, message in (
+        (["-p", "upstream=x", "-p", "audiense=ops"],
+         "unknown parameter 'audiense' (the flow takes: upstream, audience)"),
+        (["-p", "upstream=[1, 2]"], "parameter 'upstream': [1, 2] is not of type 'string'"),
+        ([], "missing required parameter 'upstream'"),
+    ):
+        refused = cli.invoke(app, ["deployments", "run", "report", *params])
+        assert refused.exit_code == 2, refused.output
+        assert f"invalid parameters for deployment 'report': {message}" in refused.output
+    extract = cli.invoke(app, ["deployments", "run", "extract-hourly", "-p", "minimum=ten"])
+    assert extract.exit_code == 2
+    assert "parameter 'minimum': 'ten' is not of type 'integer'" in extract.output
+    assert sync_redis.hlen(keys.flow_runs) == 0 and sync_redis.xlen(keys.runs) == 0
+
+    ran = cli.invoke(app, ["deployments", "run", "extract-hourly", "-p", "minimum=3",
+                           "--json"])
+    assert ran.exit_code == 0, ran.output
+    created = orjson.loads(ran.output)
+    assert created["parameters"] == {"source": "s3://bucket/data.csv", "minimum": 3}
+    assert created["state_type"] == "SCHEDULED"
+    assert sync_redis.hlen(keys.flow_runs) == 1
+
+
+def test_ls_json_and_inspect_yaml(
+    cli: CliRunner, sync_redis: redis.Redis, tmp_path: Path
+) -> None:
+    shutil.copy(EXAMPLES / "flows.py", tmp_path / "flows.py")
+    shutil.copy(EXAMPLES / "deployments.yaml", tmp_path / "deployments.yaml")
+    assert cli.invoke(app, ["deployments", "apply",
+                            str(tmp_path / "deployments.yaml")]).exit_code == 0
+    listed = [orjson.loads(line) for line in
+              cli.invoke(app, ["deployments", "ls", "--json"]).output.splitlines()]
+    assert [d["name"] for d in listed] == ["extract-hourly", "report"]
+    assert listed[1]["parameter_openapi_schema"]["required"] == ["upstream"]
+    as_yaml = cli.invoke(app, ["deployments", "inspect", "report", "--yaml"])
+    assert as_yaml.exit_code == 0
+    assert yaml.safe_load(as_yaml.output) == listed[1]
+    assert orjson.loads(cli.invoke(app, ["deployments", "inspect", "report",
+                                         "--json"]).output) == listed[1]
 
 
 def test_errors_are_one_line_with_exit_codes(

@@ -8,13 +8,23 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from actions.models import RunDeployment
+from automations.dispatch.dispatcher import Dispatcher
 from automations.errors import NotFound
 from automations.keys import Keys
-from automations.runtime.deployment_files import InvalidDeployment, load_file
+from automations.runtime.deployment_files import (
+    InvalidDeployment,
+    check_run_parameters,
+    load_file,
+)
 from automations.runtime.deployments import CronSchedule, Deployment, DeploymentStore
 from automations.runtime.flow_runs import FlowRunStore
+from automations.runtime.parameter_schema import parameter_problems, parameter_schema
 from automations.runtime.scheduler import Scheduler
+from automations.service import build_ports
 from automations.settings import Settings
+from automations.store import AutomationStore
+from tests.actions.stories import action_events, automation, disk_event, fire, stored
 from tests.runtime.conftest import names, read_events
 
 FLOWS = Path(__file__).with_name("flowdefs.py")
@@ -86,6 +96,84 @@ def test_python_file_defines_deployments(tmp_path: Path) -> None:
         "deployments = [Deployment(name='py', entrypoint='flowdefs.py:adder',"
         " parameters={'a': 1})]\n"), name="deps.py")
     assert [d.name for d in load_file(path)] == ["py"]
+
+
+def test_a_python_deployments_file_that_exits_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, "raise SystemExit('bye')\n", name="deps.py")
+    with pytest.raises(InvalidDeployment, match=r"raised SystemExit\('bye'\) while loading"):
+        load_file(path)
+
+
+def test_apply_stores_the_flow_parameter_schema_and_runs_are_checked(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+deployments:
+  - {name: add, entrypoint: "flowdefs.py:adder", parameters: {b: 2}}
+  - {name: plain, entrypoint: "flowdefs:plain"}
+""")
+    add, plain = load_file(path)
+    schema = add.parameter_openapi_schema
+    assert schema is not None
+    assert schema["required"] == ["a"] and schema["additionalProperties"] is False
+    assert schema["properties"]["a"]["type"] == "integer"
+    assert check_run_parameters(add, {"a": 1}) is None
+    for given, problem in (
+        ({"a": 1, "c": 3}, "unknown parameter 'c' (the flow takes: a, b)"),
+        ({"a": "one"}, "parameter 'a': 'one' is not of type 'integer'"),
+        ({}, "missing required parameter 'a'"),
+    ):
+        with pytest.raises(InvalidDeployment) as info:
+            check_run_parameters(add, given)
+        assert str(info.value) == f"invalid parameters for deployment 'add': {problem}"
+    assert plain.parameter_openapi_schema is not None  # an undecorated function too
+    # a deployment stored by an older version has no schema: its flow is loaded instead
+    old = add.model_copy(update={"parameter_openapi_schema": None})
+    with pytest.raises(InvalidDeployment, match="unknown parameter 'c'"):
+        check_run_parameters(old, {"a": 1, "c": 3})
+    gone = old.model_copy(update={"entrypoint": "nowhere.py:adder"})
+    note = check_run_parameters(gone, {"a": 1})
+    assert note is not None and note.startswith("parameters not checked against the flow")
+
+
+def test_parameter_schema_of_odd_signatures() -> None:
+    class Opaque:  # local: its annotation cannot be resolved, the others still count
+        pass
+
+    def flexible(model_config: int, thing: Opaque = Opaque(), *args: int,
+                 **extra: str) -> None:
+        pass
+
+    schema = parameter_schema(flexible)
+    assert set(schema["properties"]) == {"model_config", "thing"}
+    assert "additionalProperties" not in schema or schema["additionalProperties"] is not False
+    assert parameter_problems(schema, {}, {"model_config": 1, "thing": "any", "more": "x"}) \
+        == []
+    assert parameter_problems(schema, {}, {"model_config": [1]}) == [
+        "parameter 'model_config': [1] is not of type 'integer'"]
+
+
+async def test_run_deployment_action_with_parameters_that_do_not_fit_fails_at_once(
+    redis: aioredis.Redis, keys: Keys, settings: Settings, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "deployments:\n  - {name: add, entrypoint: 'flowdefs.py:adder'}\n")
+    await DeploymentStore(redis, keys).apply(load_file(path))
+    bad = automation(RunDeployment(deployment="add", parameters={"a": "{{ event.payload.n }}",
+                                                                 "c": 1}), name="bad")
+    good = automation(RunDeployment(deployment="add", parameters={"a": "{{ event.payload.n }}"}),
+                      name="good")
+    bad, good = await stored(AutomationStore(redis, keys), bad, good)
+    await fire(redis, keys, bad, disk_event(n="x"))
+    await fire(redis, keys, good, disk_event(n=2))
+    async with Dispatcher(redis, settings, ports=build_ports(redis, settings, keys),
+                          keys=keys) as dispatcher:
+        await dispatcher.drain()
+    [failed] = [e for e in await action_events(redis, keys) if e["event"].endswith(".failed")]
+    assert failed["payload"]["reason"] == "validation"
+    assert failed["payload"]["will_retry"] is False
+    assert failed["payload"]["message"] == (
+        "invalid parameters for deployment 'add': unknown parameter 'c' (the flow takes: a, b); "
+        "parameter 'a': 'x' is not of type 'integer'")
+    [run] = await FlowRunStore(redis, settings, keys).all()
+    assert run.parameters == {"a": 2}
 
 
 def test_cron_schedule_honours_time_zone() -> None:

@@ -1,4 +1,8 @@
-"""do-nothing and pause-/resume-automation (``source: selected | inferred``)."""
+"""do-nothing and pause-/resume-automation (``source: selected | inferred``).
+
+A selected automation is named by ``automation_id`` or by ``automation`` (its name, looked up
+when the action runs: a name that matches nothing fails the action at once, not after retries).
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,26 @@ async def do_nothing(action: DoNothing, ctx: ActionContext) -> ActionResult:
 
 
 async def pause_automation(action: PauseAutomation, ctx: ActionContext) -> ActionResult:
-    return await _set_enabled(action.source, action.automation_id, False, ctx)
+    selected = await _selected(action.automation_id, action.automation, ctx)
+    return await _set_enabled(action.source, selected, False, ctx)
 
 
 async def resume_automation(action: ResumeAutomation, ctx: ActionContext) -> ActionResult:
-    return await _set_enabled(action.source, action.automation_id, True, ctx)
+    selected = await _selected(action.automation_id, action.automation, ctx)
+    return await _set_enabled(action.source, selected, True, ctx)
+
+
+async def _selected(automation_id: UUID | None, name: str | None,
+                    ctx: ActionContext) -> UUID | None:
+    """The id given, else the id of the automation called ``name`` (None: neither given)."""
+    if automation_id is not None or name is None:
+        return automation_id
+    try:
+        return (await ctx.ports.automations.by_name(name)).id
+    except NotFound:
+        raise PermanentError(Reason.NOT_FOUND, f"no automation named {name!r}") from None
+    except AutomationsError as exc:  # stored but no longer valid
+        raise PermanentError(Reason.VALIDATION, str(exc)) from None
 
 
 def target_automation(source: str, selected: UUID | None, ctx: ActionContext) -> UUID:

@@ -4,7 +4,8 @@ run-deployment renders ``parameters`` with Prefect's placeholder rules (referenc
 string that is a single ``{{ expr }}`` keeps its type, other templated strings render to text,
 and ``{"__prefect_kind": "jinja" | "json" | "none"}`` placeholders work. It creates at most one
 flow run per idempotency key (firing + action), even when the action is redelivered, and the run
-carries the automation as its ``creator``.
+carries the automation as its ``creator``. Rendered parameters that do not fit the flow's
+signature (the schema ``deployments apply`` stored) fail the action at once, with no run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from actions.templating import Templates
 from automations.dispatch.invocation import infer_id
 from automations.dispatch.ports import ActionContext, ActionResult, DeploymentsPort
 from automations.errors import NotFound
+from automations.runtime.parameter_schema import parameter_problems
 
 DEPLOYMENT_KIND = "prefect.deployment"
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
@@ -113,6 +115,7 @@ async def run_deployment(action: RunDeployment, ctx: ActionContext) -> ActionRes
     parameters = None
     if action.parameters is not None:
         parameters = await render_parameters(action.parameters, ctx.templates)
+    _check_parameters(dep, parameters)
     creator = {"kind": "automation", "id": str(ctx.automation.id),
                "name": ctx.automation.name}
     try:
@@ -129,6 +132,19 @@ async def run_deployment(action: RunDeployment, ctx: ActionContext) -> ActionRes
                  "flow_run_name": str(run["name"]), "parameters": run.get("parameters")},
         related=[_deployment_ref(dep), flow_run],
     )
+
+
+def _check_parameters(dep: Mapping[str, Any], parameters: Any) -> None:
+    """Refuse parameters that do not fit the deployment's flow (when its schema is known)."""
+    schema = dep.get("parameter_openapi_schema")
+    if not isinstance(schema, Mapping):
+        return  # applied by an older version: the worker checks when it runs the flow
+    given = parameters if isinstance(parameters, Mapping) else {}
+    problems = parameter_problems(schema, dep.get("parameters") or {}, given)
+    if problems:
+        raise PermanentError(Reason.VALIDATION, f"invalid parameters for deployment "
+                             f"{dep.get('name')!r}: " + "; ".join(problems),
+                             details={"deployment_id": str(dep.get("id"))})
 
 
 async def _set_paused(source: str, deployment_id: UUID | None, name: str | None, paused: bool,

@@ -5,7 +5,8 @@ URL is a secret. A JSON-object payload is sent as JSON (rendered field by field)
 payload as text. An ``Idempotency-Key: <firing id>:<action index>`` header lets the receiver
 drop the rare repeat after a crash between the request and the done record. The status, the
 first 1,000 characters of the body and the response headers (sensitive ones masked) are
-recorded; redirects are not followed.
+recorded; redirects are not followed. A target that is not an ``http(s)://`` URL (a block
+may hold anything) fails at once as ``invalid-target``: retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import orjson
 from actions.models import CallWebhook
 from actions.outcome import PermanentError, Reason, TransientError, classify_http
 from actions.secrets import display_url, is_sensitive_header, redact_headers, resolve_block
+from actions.targets import webhook_url_problem
 from automations.dispatch.ports import ActionContext, ActionResult
 
 MAX_BODY_CHARS = 1000
@@ -47,6 +49,10 @@ def build_body(action: CallWebhook, headers: dict[str, str]) -> bytes | None:
 
 async def execute(action: CallWebhook, ctx: ActionContext) -> ActionResult:
     url, shown = await resolve_url(action, ctx)
+    problem = webhook_url_problem(url)
+    if problem is not None:
+        raise PermanentError(Reason.INVALID_TARGET, f"webhook target {shown}: {problem}",
+                             details={"url": shown})
     headers = dict(action.headers)
     for name, value in headers.items():
         if is_sensitive_header(name):
