@@ -33,6 +33,15 @@ class Settings(BaseSettings):
         description="Redis URL. Unset: use redis://localhost:6379/0 when it answers, "
         "else `serve` starts an embedded Redis in `data_dir`.",
     )
+    redis_sentinels: str | None = Field(
+        None,
+        description="Redis Sentinel addresses, `host:port,host:port`: the services ask them for "
+        "the master of `redis_sentinel_master` and follow failovers. `redis_url`, if set, "
+        "gives the master's credentials, database and TLS (its host is not used).",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="The master name the sentinels monitor."
+    )
     probe_localhost: bool = Field(
         True,
         description="With `redis_url` unset, use a Redis answering on redis://localhost:6379/0 "
@@ -176,6 +185,20 @@ class Settings(BaseSettings):
         "free port, logged at start.",
     )
     metrics_host: str = Field("127.0.0.1", description="Address the metrics port listens on.")
+
+    @property
+    def redis_configured(self) -> bool:
+        """A Redis was named (URL or sentinels): never probe or start an embedded one."""
+        return bool(self.redis_url or self.redis_sentinels)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str | None) -> str | None:
+        for address in (value or "").split(","):
+            host, _, port = address.strip().rpartition(":")
+            if value and (not host or not port.isdigit()):
+                raise ValueError(f"'{address.strip()}' is not host:port")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -21,7 +21,13 @@ import anyio
 import redis
 import redis.asyncio as aioredis
 
-from automations.connection import CONNECTION_ERRORS, connect, display_url, redis_url
+from automations.connection import (
+    CONNECTION_ERRORS,
+    connect,
+    connect_sync,
+    display_url,
+    redis_url,
+)
 from automations.errors import BusOverloaded, BusUnavailable, InvalidEvent
 from automations.events import RESOURCE_ID, Event
 from automations.keys import Keys
@@ -172,7 +178,7 @@ def emit_many(events: Iterable[EventLike], *, settings: Settings | None = None) 
     encoded = _encode(built)
     stream = Keys(settings.prefix).events
     url = redis_url(settings)
-    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    client = connect_sync(settings)
     try:
         length = 0
         for start in range(0, len(encoded), CHUNK):
