@@ -18,7 +18,18 @@ from rich.table import Table
 
 from bench.harness import Bench, Options, RedisProcess, Row
 from bench.report import markdown
-from bench.scenarios import ceiling, latency, memory, peer, proactive, scaleout, throughput
+from bench.scenarios import (
+    ceiling,
+    decisions,
+    durability,
+    latency,
+    memory,
+    overload,
+    peer,
+    proactive,
+    scaleout,
+    throughput,
+)
 
 Scenario = Callable[[Bench], Awaitable[list[Row]]]
 
@@ -30,6 +41,9 @@ SCENARIOS: dict[str, Scenario] = {
     "scaleout": scaleout.run,
     "memory": memory.run,
     "peer": peer.run,
+    "decisions": decisions.run,
+    "overload": overload.run,
+    "durability": durability.run,
 }
 
 console = Console(width=None if sys.stdout.isatty() else 1000)

@@ -11,9 +11,14 @@ from automations import __version__
 from automations.cli import (
     automations_cmd,
     blocks_cmd,
+    dead_cmd,
     deployments_cmd,
     events_cmd,
+    explain_cmd,
+    history_cmd,
     operator_cmd,
+    replay_cmd,
+    runs_cmd,
     serve_cmd,
 )
 
@@ -26,8 +31,17 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit."),
+) -> None:
     """Event-driven automations on Redis Streams."""
 
 
@@ -43,6 +57,11 @@ automations_cmd.register(app)
 blocks_cmd.register(app)
 deployments_cmd.register(app)
 operator_cmd.register(app)
+replay_cmd.register(app)
+explain_cmd.register(app)
+history_cmd.register(app)
+dead_cmd.register(app)
+runs_cmd.register(app)
 
 
 def main() -> None:

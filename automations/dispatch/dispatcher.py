@@ -62,7 +62,17 @@ from automations.dispatch.ports import ActionContext, ActionResult, Clients, Por
 from automations.dispatch.retries import RetryJob, RetryQueue, backoff
 from automations.engine.outbox import OutboxEntryError, firings_of
 from automations.events import Event, format_validation_error, utcnow
+from automations.insight.history import (
+    DEAD,
+    EXECUTED,
+    FAILED,
+    RETRYING,
+    fired_entry,
+    outcome_entry,
+    summarize,
+)
 from automations.keys import DISPATCH_GROUP, Keys
+from automations.metrics import current_metrics
 from automations.settings import Settings
 from automations.store import AutomationStore, InvalidStoredAutomation
 from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
@@ -116,6 +126,7 @@ class Dispatcher:
         self._stopping = anyio.Event()
         self._clients: Clients | None = None
         self._logs = SecretSafeLogs()
+        self.metrics = current_metrics()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={v}" for k, v in self.counts.items())
@@ -279,12 +290,15 @@ class Dispatcher:
                 rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
         # The batch's idempotency checks and action.triggered events: one script call.
         fresh = await self.ledger.begin(
-            [(inv.key, action_triggered(inv)) for inv in invocations])
+            [(inv.key, action_triggered(inv)) for inv in invocations],
+            self._fired_records(invocations))
         self.counts["skipped"] += fresh.count(False)
         async with anyio.create_task_group() as tg:
             for inv, new in zip(invocations, fresh, strict=True):
                 if new:
                     tg.start_soon(self._limited_action, inv)
+                else:
+                    self.metrics.action_done(inv.action_type, "skipped")
         return rejects
 
     async def _limited_action(self, inv: Invocation) -> None:
@@ -347,25 +361,35 @@ class Dispatcher:
                 [(inv.key, action_triggered(inv) if attempt == 1 else None)])
             if not fresh:
                 self.counts["skipped"] += 1
+                self.metrics.action_done(inv.action_type, "skipped")
                 if job is not None:
                     await self.ledger.commit(inv.key, done=None, events=[], job=job)
                 return "skipped"
         ctx = self._context(inv, attempt)
+        started = time.perf_counter()
         try:
             ctx.action = await render_action(inv.planned.action, ctx.templates)
             result = await self._execute(ctx)
         except ActionError as exc:
-            return await self._failed(inv, ctx, exc, job)
+            took = time.perf_counter() - started
+            outcome = await self._failed(inv, ctx, exc, job)
+            self.metrics.action_done(inv.action_type, outcome, took)
+            return outcome
+        took = time.perf_counter() - started
         executed = self._executed_event(inv, ctx, result)
-        await self._record_done(inv.key, executed, job)
+        await self._record_done(inv.key, executed, job, self._outcome(
+            inv, EXECUTED, ctx.attempt, summarize(executed.payload)))
         self.counts["executed"] += 1
+        self.metrics.action_done(inv.action_type, "executed", took)
         return "executed"
 
-    async def _record_done(self, key: str, executed: Event, job: RetryJob | None) -> None:
+    async def _record_done(self, key: str, executed: Event, job: RetryJob | None,
+                           history: bytes | None = None) -> None:
         """Commit a done effect, riding out a Redis outage of up to ``claim_idle_ms``: giving
         up here fails the batch, whose redelivery would repeat the effect. (A commit that
         landed but lost its reply is harmless to repeat: same key, same event id.)"""
-        await retry(partial(self.ledger.commit, key, done=DONE, events=[executed], job=job),
+        await retry(partial(self.ledger.commit, key, done=DONE, events=[executed], job=job,
+                            history=history),
                     Backoff(f"action {key}: recording its done effect",
                             cap_s=self.settings.reconnect_max_s, logger=log),
                     deadline_s=self.settings.claim_idle_ms / 1000)
@@ -431,8 +455,10 @@ class Dispatcher:
         failed = action_outcome(
             inv, now=self.clock(), attempt=ctx.attempt, details=details, reason=exc.reason.value,
             message=message, will_retry=retry, redactor=ctx.redactor)
+        ids = _ids(inv, ctx.attempt, exc.reason.value)
         log.warning("action %s (%s) of automation %s failed (attempt %d, %s): %s", inv.key,
-                    inv.action_type, inv.automation.name, ctx.attempt, exc.reason.value, message)
+                    inv.action_type, inv.automation.name, ctx.attempt, exc.reason.value, message,
+                    extra=ids)
         self.counts["failed"] += 1
         if retry:
             next_job = RetryJob(
@@ -440,7 +466,10 @@ class Dispatcher:
                 automation_id=str(inv.automation.id), index=inv.index,
                 action_type=inv.action_type, attempt=ctx.attempt + 1)
             await self.ledger.commit(inv.key, done=None, events=[failed],
-                               retry=(next_job, time.time() + delay))
+                               retry=(next_job, time.time() + delay),
+                               history=self._outcome(inv, RETRYING, ctx.attempt,
+                                                     f"{exc.reason.value}: {message}; "
+                                                     f"retry in {delay:.1f}s"))
             self.counts["retried"] += 1
             return "retrying"
         dead: dict[str, Any] = {
@@ -448,8 +477,17 @@ class Dispatcher:
                 "action_index": str(inv.index), "action_type": inv.action_type,
                 "attempts": str(ctx.attempt), "automation_id": str(inv.automation.id),
                 "idempotency_key": inv.key}
-        await self.ledger.commit(inv.key, done=GAVE_UP, events=[failed], job=job, dead=dead)
+        outcome = DEAD if exc.transient else FAILED  # transient: its attempts ran out
+        why = f" (given up after {ctx.attempt} attempts)" if exc.transient else ""
+        await self.ledger.commit(inv.key, done=GAVE_UP, events=[failed], job=job, dead=dead,
+                                 history=self._outcome(inv, outcome, ctx.attempt,
+                                                       f"{exc.reason.value}: {message}{why}"))
         self.counts["gave_up"] += 1
+        self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+        log.error("action %s (%s) of automation %r given up after %d attempt(s), dead-lettered "
+                  "to %s: firing %s, event %s: %s: %s", inv.key, inv.action_type,
+                  inv.automation.name, ctx.attempt, self.keys.dead(self.keys.firings),
+                  ids["firing_id"], ids["event_id"], exc.reason.value, message, extra=ids)
         return "gave-up"
 
     async def _give_up_orphan(self, job: RetryJob, why: str) -> None:
@@ -457,5 +495,49 @@ class Dispatcher:
         dead = {"data": job.firing, "reason": reason, "action_index": str(job.index),
                 "action_type": job.action_type, "attempts": str(job.attempt - 1),
                 "automation_id": job.automation_id, "idempotency_key": job.key}
-        await self.ledger.commit(job.key, done=GAVE_UP, events=[], job=job, dead=dead)
+        record = None if not self.settings.history_maxlen else outcome_entry(
+            firing_id=job.key.rpartition(":")[0], automation_id=job.automation_id,
+            index=job.index, action_type=job.action_type, outcome=DEAD,
+            attempt=job.attempt - 1, detail=reason)
+        await self.ledger.commit(job.key, done=GAVE_UP, events=[], job=job, dead=dead,
+                                 history=record)
         self.counts["gave_up"] += 1
+        self.metrics.action_done(job.action_type, "gave-up")
+        self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+        log.error("action %s (%s) given up before its retry, dead-lettered to %s: %s", job.key,
+                  job.action_type, self.keys.dead(self.keys.firings), reason,
+                  extra={"automation_id": job.automation_id, "action": job.action_type,
+                         "action_index": job.index, "idempotency_key": job.key,
+                         "firing_id": job.key.rpartition(":")[0]})
+
+    # -- history records (automations.insight.history), written with the ledger's writes ---
+    def _fired_records(self, invocations: Sequence[Invocation]) -> list[bytes | None]:
+        """A firing's ``fired`` record rides with the begin of its first action (index 0), so
+        a redelivered firing whose actions are done records nothing again."""
+        if not self.settings.history_maxlen:
+            return []
+        types: dict[UUID, list[str]] = {}
+        for inv in invocations:
+            types.setdefault(inv.firing.id, []).append(inv.action_type)
+        return [None if inv.index else fired_entry(
+            firing_id=inv.firing.id, automation_id=inv.automation.id,
+            automation=inv.automation.name, fired_at=inv.firing.triggered,
+            event_id=(inv.firing.triggering_event or {}).get("id"), actions=types[inv.firing.id])
+            for inv in invocations]
+
+    def _outcome(self, inv: Invocation, outcome: str, attempt: int, detail: str | None
+                 ) -> bytes | None:
+        if not self.settings.history_maxlen:
+            return None
+        return outcome_entry(firing_id=inv.firing.id, automation_id=inv.automation.id,
+                             index=inv.index, action_type=inv.action_type, outcome=outcome,
+                             attempt=attempt, detail=detail)
+
+
+def _ids(inv: Invocation, attempt: int, reason: str) -> dict[str, Any]:
+    """The ids of an action's log lines (``extra=``: fields of a JSON log line)."""
+    event = inv.firing.triggering_event or {}
+    return {"automation": inv.automation.name, "automation_id": str(inv.automation.id),
+            "firing_id": str(inv.firing.id), "event_id": event.get("id"),
+            "action": inv.action_type, "action_index": inv.index, "attempt": attempt,
+            "idempotency_key": inv.key, "reason": reason}
