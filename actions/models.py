@@ -36,6 +36,15 @@ class _Sourced(_ActionBase):
             raise ValueError(f"{field} is not allowed when source is 'inferred'")
 
 
+class _PrefectBacked(BaseModel):
+    """Actions a Prefect server can carry out: ``prefect_api_url`` sends this one to that
+    server (credentials may ride in the URL as ``user:pass@``) instead of the configured one."""
+
+    prefect_api_url: str | None = Field(
+        None, description="Act on this Prefect server (default: AUTOMATIONS_PREFECT_API_URL; "
+        "neither: this engine's runtime).", exclude_if=lambda value: value is None)
+
+
 class DoNothing(_ActionBase):
     type: Literal["do-nothing"] = "do-nothing"
 
@@ -52,6 +61,11 @@ class SendNotification(_ActionBase):
     block_document_id: UUID | str | None = None
     cooldown_seconds: float | None = Field(
         None, ge=0, description="At most one notification per target per this many seconds."
+    )
+    retry_on_timeout: bool = Field(
+        False, description="Send again after a timed-out send (at least once: the receiver may "
+        "get it twice). Off: a timed-out send may have been delivered, so it is reported failed "
+        "and never sent again (at most once)."
     )
 
     @model_validator(mode="after")
@@ -86,7 +100,7 @@ class CallWebhook(_ActionBase):
         return self
 
 
-class RunDeployment(_Sourced):
+class RunDeployment(_Sourced, _PrefectBacked):
     type: Literal["run-deployment"] = "run-deployment"
     deployment_id: UUID | None = None
     deployment: str | None = Field(None, description="Deployment name (instead of its id).")
@@ -101,7 +115,7 @@ class RunDeployment(_Sourced):
         return self
 
 
-class PauseDeployment(_Sourced):
+class PauseDeployment(_Sourced, _PrefectBacked):
     type: Literal["pause-deployment"] = "pause-deployment"
     deployment_id: UUID | None = None
     deployment: str | None = None
@@ -113,7 +127,7 @@ class PauseDeployment(_Sourced):
         return self
 
 
-class ResumeDeployment(_Sourced):
+class ResumeDeployment(_Sourced, _PrefectBacked):
     type: Literal["resume-deployment"] = "resume-deployment"
     deployment_id: UUID | None = None
     deployment: str | None = None
@@ -153,7 +167,7 @@ class ResumeAutomation(_Sourced):
         return self
 
 
-class CancelFlowRun(_ActionBase):
+class CancelFlowRun(_ActionBase, _PrefectBacked):
     type: Literal["cancel-flow-run"] = "cancel-flow-run"
 
 
@@ -163,12 +177,58 @@ StateType = Literal[
 ]
 
 
-class ChangeFlowRunState(_ActionBase):
+class ChangeFlowRunState(_ActionBase, _PrefectBacked):
     type: Literal["change-flow-run-state"] = "change-flow-run-state"
     state: StateType
     name: str | None = None
     message: str | None = None
     force: bool = False
+
+
+class SuspendFlowRun(_ActionBase, _PrefectBacked):
+    """Prefect only: the inferred flow run to ``Suspended`` (PAUSED) for an hour."""
+
+    type: Literal["suspend-flow-run"] = "suspend-flow-run"
+
+
+class ResumeFlowRun(_ActionBase, _PrefectBacked):
+    """Prefect only: resume the inferred paused or suspended flow run."""
+
+    type: Literal["resume-flow-run"] = "resume-flow-run"
+
+
+class _WorkPoolAction(_Sourced, _PrefectBacked):
+    work_pool_id: UUID | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> _WorkPoolAction:
+        self._check_source(self.work_pool_id, "work_pool_id")
+        return self
+
+
+class PauseWorkPool(_WorkPoolAction):
+    type: Literal["pause-work-pool"] = "pause-work-pool"
+
+
+class ResumeWorkPool(_WorkPoolAction):
+    type: Literal["resume-work-pool"] = "resume-work-pool"
+
+
+class _WorkQueueAction(_Sourced, _PrefectBacked):
+    work_queue_id: UUID | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> _WorkQueueAction:
+        self._check_source(self.work_queue_id, "work_queue_id")
+        return self
+
+
+class PauseWorkQueue(_WorkQueueAction):
+    type: Literal["pause-work-queue"] = "pause-work-queue"
+
+
+class ResumeWorkQueue(_WorkQueueAction):
+    type: Literal["resume-work-queue"] = "resume-work-queue"
 
 
 Action = Annotated[
@@ -181,11 +241,18 @@ Action = Annotated[
     | PauseAutomation
     | ResumeAutomation
     | CancelFlowRun
-    | ChangeFlowRunState,
+    | ChangeFlowRunState
+    | SuspendFlowRun
+    | ResumeFlowRun
+    | PauseWorkPool
+    | ResumeWorkPool
+    | PauseWorkQueue
+    | ResumeWorkQueue,
     Field(discriminator="type"),
 ]
 
 ACTION_TYPES: tuple[type[BaseModel], ...] = (
     DoNothing, SendNotification, CallWebhook, RunDeployment, PauseDeployment, ResumeDeployment,
-    PauseAutomation, ResumeAutomation, CancelFlowRun, ChangeFlowRunState,
+    PauseAutomation, ResumeAutomation, CancelFlowRun, ChangeFlowRunState, SuspendFlowRun,
+    ResumeFlowRun, PauseWorkPool, ResumeWorkPool, PauseWorkQueue, ResumeWorkQueue,
 )

@@ -61,6 +61,17 @@ class Keys:
         """Hash retry job id (the idempotency key) -> job JSON."""
         return f"{self.prefix}:actions:retry-jobs"
 
+    def action_lease(self, idempotency_key: str) -> str:
+        """The running executor's token (renewed TTL): one copy at a time, stale records
+        fenced (``dispatch/lease.py``)."""
+        return f"{self.prefix}:actions:lease:{idempotency_key}"
+
+    def sending(self, idempotency_key: str) -> str:
+        """Hash target -> owner, set just before a notification goes to that target; left
+        behind by a send whose outcome is unknown (timed out, interrupted), so it is not sent
+        again; deleted when the action's outcome is final (done or given up)."""
+        return f"{self.prefix}:actions:sending:{idempotency_key}"
+
     def cooldown(self, automation: str, target: str) -> str:
         """Notification cooldown marker of one automation and target (a hash of the URL)."""
         return f"{self.prefix}:actions:cooldown:{automation}:{target}"
@@ -172,3 +183,23 @@ class Keys:
     @property
     def blocks(self) -> str:
         return f"{self.prefix}:blocks"
+
+    # Prefect interop (automations/prefect/)
+    @property
+    def prefect_cursor(self) -> str:
+        """The bridge's ``occurred`` watermark (ISO): reconciled up to here."""
+        return f"{self.prefix}:prefect:cursor"
+
+    def prefect_seen(self, event_id: str) -> str:
+        """Set (with a TTL) when the bridge published a Prefect event: each id once."""
+        return f"{self.prefix}:prefect:seen:{event_id}"
+
+    @property
+    def prefect_writeback(self) -> str:
+        """The events-stream entry id the write-back to Prefect has read up to."""
+        return f"{self.prefix}:prefect:writeback"
+
+    @property
+    def prefect_taken_over(self) -> str:
+        """Hash Prefect automation id -> ISO time the import disabled it on Prefect's side."""
+        return f"{self.prefix}:prefect:taken-over"

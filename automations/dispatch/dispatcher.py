@@ -14,12 +14,19 @@ retry + action.failed | dead letter + action.failed. While a batch runs, its ent
 claimed (XCLAIM JUSTID), so a slow batch is never reclaimed and repeated by another reader.
 
 Exactly once in effect: ``done:<firing id>:<index>`` is written right after the executor
-returns, in one MULTI with the ``.executed`` event. The only window where a crash repeats an
-effect is between the effect (e.g. the webhook's response) and that MULTI, one Redis round
+returns, in one script with the ``.executed`` event, retried through Redis blips and shielded
+from cancellation (``Ledger.record``). Each running action holds a renewed lease
+(``dispatch/lease.py``): a reclaimed batch does not start a second copy of an action that runs
+elsewhere, and a stale executor's record is refused. The only window where a crash repeats an
+effect is between the effect (e.g. the webhook's response) and that record, one Redis round
 trip; webhooks carry ``Idempotency-Key`` so receivers can close it, run-deployment closes it
 in the runtime (flow runs are created once per key). The idempotency check runs before
 rendering (the design's "render -> check" order would emit a second ``.failed`` for a
 redelivered action whose template fails).
+
+Isolation: a firing that cannot be read, planned or encoded is dead-lettered alone
+(``dispatch/batch.py``); an action whose pipeline raises gets its own dead letter with the real
+cause, and never cancels its siblings.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import logging
 import random
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -46,6 +53,7 @@ from actions.templating import TemplateEngine, Templates, render_action
 from automations.backoff import Backoff, retry
 from automations.connection import CONNECTION_ERRORS
 from automations.dispatch.automation_cache import AutomationCache
+from automations.dispatch.batch import Plan, parse_entries, plan_batch
 from automations.dispatch.executors import EXECUTORS, Executor
 from automations.dispatch.invocation import (
     Invocation,
@@ -55,19 +63,25 @@ from automations.dispatch.invocation import (
     plan_actions,
     template_context,
 )
-from automations.dispatch.ledger import DONE, GAVE_UP, Ledger
+from automations.dispatch.isolation import (
+    beside,
+    describe,
+    first_cause,
+    leaves,
+    redis_unavailable,
+)
+from automations.dispatch.lease import LeaseKeeper, Leases
+from automations.dispatch.ledger import DONE, GAVE_UP, Begun, Ledger, Recorded, Start
 from automations.dispatch.logs import SecretSafeLogs
 from automations.dispatch.notifiers import NotifierPool
 from automations.dispatch.ports import ActionContext, ActionResult, Clients, Ports
 from automations.dispatch.retries import RetryJob, RetryQueue, backoff
-from automations.engine.outbox import OutboxEntryError, firings_of
-from automations.events import Event, format_validation_error, utcnow
+from automations.events import Event, utcnow
 from automations.insight.history import (
     DEAD,
     EXECUTED,
     FAILED,
     RETRYING,
-    fired_entry,
     outcome_entry,
     summarize,
 )
@@ -80,7 +94,10 @@ from triggers.firing import Firing
 
 log = logging.getLogger(__name__)
 
-LEASE_MARGIN_S = 30.0
+LEASE_MARGIN_S = 5.0
+"""A retry job's claim covers one attempt plus this: rendering and the record around it. Short,
+so a job of a dispatcher that died is due again within seconds; a claim that runs out while the
+attempt still runs costs nothing, since the action's own lease makes the second claimer wait."""
 
 
 class Dispatcher:
@@ -118,9 +135,11 @@ class Dispatcher:
         ]
         self.retries = RetryQueue(redis, self.keys)
         self.ledger = Ledger(redis, self.keys, settings, self.retries)
+        self.leases = Leases(redis, self.keys, self.ledger.lease_ttl_ms, name)
         self.automations = AutomationCache(AutomationStore(redis, self.keys))
         self.templates = TemplateEngine()
-        self.counts = {"executed": 0, "failed": 0, "retried": 0, "gave_up": 0, "skipped": 0}
+        self.counts = {"executed": 0, "failed": 0, "retried": 0, "gave_up": 0, "skipped": 0,
+                       "busy": 0, "fenced": 0}
         self._limit = anyio.Semaphore(settings.action_concurrency)
         self._rng = random.Random()
         self._stopping = anyio.Event()
@@ -196,16 +215,26 @@ class Dispatcher:
                         await self._stopping.wait()
 
     async def _guarded_retry(self, job: RetryJob) -> None:
-        """One retry job; whatever goes wrong, its lease runs out and it is claimed again, so
-        a failure here must not cancel its siblings."""
+        """One retry job; a failure here must not cancel its siblings. Redis away: the job is
+        made due again as soon as Redis answers (not a whole job lease later)."""
         try:
             await self.run_retry(job)
-        except CONNECTION_ERRORS as exc:
-            log.warning("retry of action %s interrupted (%s: %s); it will run again when its "
-                        "lease ends", job.key, type(exc).__name__, exc)
-        except Exception:
-            log.exception("retry of action %s failed; it will run again when its lease ends",
-                          job.key)
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                log.error("retry of action %s failed: %s; it runs again when its lease ends",
+                          job.key, describe(exc), exc_info=exc)
+                return
+            log.warning("retry of action %s interrupted (%s); it runs again once Redis is "
+                        "back", job.key, describe(exc))
+            lease = self.settings.action_timeout_s + LEASE_MARGIN_S
+            try:
+                await retry(partial(self.retries.release, job.key, time.time()),
+                            Backoff(f"action {job.key}: requeueing its retry",
+                                    cap_s=self.settings.reconnect_max_s, logger=log),
+                            deadline_s=lease)
+            except Exception as again:  # its lease runs out by then: due anyway
+                log.warning("retry of action %s not requeued (%s); due when its lease ends",
+                            job.key, describe(again))
 
     async def _claim_retries(self, limit: int) -> list[RetryJob]:
         """Due jobs, no more than ``limit`` (free action slots: a leased job should not wait
@@ -234,20 +263,28 @@ class Dispatcher:
     # -- firings --------------------------------------------------------------------------
     def _handler_for(self, reader: str) -> Callable[[list[Entry]], Awaitable[list[Reject]]]:
         async def handle(entries: list[Entry]) -> list[Reject]:
-            return await self.handle_batch(entries, reader=reader)
+            try:
+                return await self.handle_batch(entries, reader=reader)
+            except BaseExceptionGroup as group:  # never "ExceptionGroup: unhandled errors"
+                causes = leaves(group)
+                for cause in causes[1:]:
+                    log.error("dispatcher batch failed: %s", describe(cause), exc_info=cause)
+                first = first_cause(group)
+                if isinstance(first, Exception):
+                    raise first from None
+                raise
         return handle
 
     async def handle_batch(self, entries: list[Entry], *, reader: str | None = None
                            ) -> list[Reject]:
         """Run the first attempt of every action of every firing in the batch. While it runs,
         ``reader`` keeps the entries' idle time fresh, so no other dispatcher reclaims (and
-        repeats) a batch that is merely slow."""
-        async with anyio.create_task_group() as tg:
-            if reader is not None:
-                tg.start_soon(self._keep_claimed, reader, [e.id for e in entries])
-            rejects = await self._handle(entries)
-            tg.cancel_scope.cancel()
-        return rejects
+        repeats) a batch that is merely slow, and the actions' leases are renewed."""
+        lease = self.leases.keeper()
+        background = [lease.keep]
+        if reader is not None:
+            background.append(partial(self._keep_claimed, reader, [e.id for e in entries]))
+        return await beside(background, partial(self._handle, entries, lease))
 
     async def _keep_claimed(self, reader: str, ids: list[str]) -> None:
         """XCLAIM ... JUSTID our own in-flight entries (resets idle, not the delivery count)
@@ -269,73 +306,149 @@ class Dispatcher:
             redis_backoff.recovered()
             delay = interval
 
-    async def _handle(self, entries: list[Entry]) -> list[Reject]:
+    async def _handle(self, entries: list[Entry], lease: LeaseKeeper) -> list[Reject]:
+        """Begin every action of the batch (one script), run those begun, each on its own.
+        A firing that cannot be run is rejected alone; an action that could not be recorded
+        at all (Redis away past ``claim_idle_ms``) keeps the batch pending: its redelivery
+        skips the actions recorded done."""
         rejects: list[Reject] = []
-        invocations: list[Invocation] = []
-        parsed = self._parse(entries, rejects)
-        found = await self.automations.lookup(firing.automation_id for _, firing in parsed)
-        for entry, firing in parsed:
-            automation = found[firing.automation_id]
-            if isinstance(automation, InvalidStoredAutomation):
-                rejects.append(Reject(entry, str(automation)))
-                continue
-            if automation is None:
-                rejects.append(Reject(entry, f"automation {firing.automation_id} does not exist "
-                                      "(deleted after it fired)"))
-                continue
-            try:
-                invocations += [new_invocation(automation, firing, planned)
-                                for planned in plan_actions(automation, firing)]
-            except ValidationError as exc:  # e.g. a malformed triggering event: this entry only
-                rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
-        # The batch's idempotency checks and action.triggered events: one script call.
-        fresh = await self.ledger.begin(
-            [(inv.key, action_triggered(inv)) for inv in invocations],
-            self._fired_records(invocations))
-        self.counts["skipped"] += fresh.count(False)
+        parsed = parse_entries(entries, rejects)
+        found = await self.automations.lookup(item.firing.automation_id for item in parsed)
+        plan = plan_batch(parsed, found, rejects, history=bool(self.settings.history_maxlen))
+        begun = await self._begin(plan, lease, rejects)
+        self.counts["skipped"] += begun.count(Begun.SKIP)
+        unrecorded: list[Exception] = []
         async with anyio.create_task_group() as tg:
-            for inv, new in zip(invocations, fresh, strict=True):
-                if new:
-                    tg.start_soon(self._limited_action, inv)
-                else:
+            for inv, state in zip(plan.invocations, begun, strict=True):
+                if state is Begun.RUN:
+                    lease.hold(inv.key)
+                    tg.start_soon(self._isolated_action, inv, lease, unrecorded)
+                elif state is Begun.BUSY:
+                    tg.start_soon(self._isolated_wait, inv, unrecorded)
+                elif state is Begun.SKIP:
                     self.metrics.action_done(inv.action_type, "skipped")
+        if unrecorded:
+            raise unrecorded[0]
         return rejects
 
-    async def _limited_action(self, inv: Invocation) -> None:
-        # The whole pipeline holds a slot, so a batch of 1,000 firings never opens more than
-        # ``action_concurrency`` Redis connections and HTTP requests at once.
-        async with self._limit:
-            await self.run_action(inv, begun=True)
-
-    def _parse(self, entries: Sequence[Entry], rejects: list[Reject]) -> list[tuple[Entry, Firing]]:
-        """``(entry, firing)`` for every firing of the batch; an engine entry holding several
-        firings yields an entry per firing (one ``data`` field: what a dead letter keeps)."""
-        parsed = []
-        for entry in entries:
+    async def _begin(self, plan: Plan, lease: LeaseKeeper, rejects: list[Reject]
+                     ) -> list[Begun | None]:
+        """The batch's idempotency checks, leases and action.triggered events: one script
+        call. Should it fail for another reason than Redis being away (something in one
+        firing), each firing begins on its own and the one that fails is rejected."""
+        try:
+            return list(await self.ledger.begin(plan.starts, lease.token))
+        except Exception as exc:
+            if redis_unavailable(exc):
+                raise
+            log.warning("dispatcher: beginning the batch failed (%s); beginning each firing "
+                        "on its own", describe(exc))
+        begun: list[Begun | None] = []  # None: its firing is rejected
+        first = 0
+        for entry, count in plan.firings:
+            starts: list[Start] = plan.starts[first:first + count]
             try:
-                firings = firings_of(entry.fields)
-            except OutboxEntryError as exc:
-                rejects.append(Reject(entry, str(exc)))
-                continue
-            except ValidationError as exc:
-                rejects.append(Reject(entry, f"invalid firing: {format_validation_error(exc)}"))
-                continue
-            if len(firings) == 1 and b"data" in entry.fields:
-                parsed.append((entry, firings[0]))
-            else:
-                parsed += [(Entry(entry.id, {b"data": f.to_json()}, entry.deliveries), f)
-                           for f in firings]
-        return parsed
+                begun += await self.ledger.begin(starts, lease.token)
+            except Exception as exc:
+                if redis_unavailable(exc):
+                    raise
+                rejects.append(Reject(entry, f"cannot begin firing: {describe(exc)}"))
+                begun += [None] * count
+            first += count
+        return begun
+
+    async def _isolated_action(self, inv: Invocation, lease: LeaseKeeper,
+                               unrecorded: list[Exception]) -> None:
+        """One action of a batch: whatever it raises stays its own (dead letter with the real
+        cause); only an outcome that could not be written at all goes to ``unrecorded``."""
+        try:
+            # The whole pipeline holds a slot, so a batch of 1,000 firings never opens more
+            # than ``action_concurrency`` Redis connections and HTTP requests at once.
+            async with self._limit:
+                await self.run_action(inv, lease=lease, begun=True)
+        except Exception as exc:
+            if not await self._crashed(inv, lease, exc):
+                unrecorded.append(exc)
+        finally:
+            lease.release(inv.key)
+
+    async def _isolated_wait(self, inv: Invocation, unrecorded: list[Exception]) -> None:
+        try:
+            await self._wait_for_lease(inv, attempt=1, job=None)
+        except Exception as exc:
+            if not await self._crashed(inv, None, exc):
+                unrecorded.append(exc)
+
+    async def _wait_for_lease(self, inv: Invocation, *, attempt: int, job: RetryJob | None
+                              ) -> str:
+        """Another executor runs the action right now (it holds the lease): do not start a
+        second copy; a retry job checks again once the lease would have expired, so the
+        action still runs if that executor dies before recording it."""
+        due = time.time() + self.ledger.lease_ttl_ms / 1000
+        waiting = job or self._retry_job(inv, attempt)
+        await self.ledger.record(inv.key, retry=(waiting, due), wait=True)
+        self.counts["busy"] += 1
+        self.metrics.action_done(inv.action_type, "busy")
+        log.info("action %s runs elsewhere (its lease is held); checking it again in %.1f s",
+                 inv.key, self.ledger.lease_ttl_ms / 1000, extra={"idempotency_key": inv.key})
+        return "busy"
+
+    async def _crashed(self, inv: Invocation, lease: LeaseKeeper | None, exc: Exception, *,
+                       attempt: int = 1, job: RetryJob | None = None) -> bool:
+        """An action's pipeline raised instead of returning an outcome: give it up with its
+        own dead letter naming the real cause (True). False when nothing can be written
+        (Redis away): the batch then stays pending and is run again."""
+        cause = describe(exc)
+        if redis_unavailable(exc):
+            log.error("action %s (%s): outcome not recorded, Redis unavailable past %d ms (%s); "
+                      "its firing stays pending and runs again", inv.key, inv.action_type,
+                      self.settings.claim_idle_ms, cause, extra={"idempotency_key": inv.key})
+            return False
+        log.error("action %s (%s) of automation %r failed inside the dispatcher: %s", inv.key,
+                  inv.action_type, inv.automation.name, cause, exc_info=exc,
+                  extra={"idempotency_key": inv.key})
+        reason = f"{Reason.INTERNAL.value}: {cause}"
+        try:
+            recorded = await self.ledger.record(
+                inv.key, token=lease.token if lease else "", done=GAVE_UP, job=job,
+                dead=self._dead(inv, attempt, reason),
+                history=self._outcome(inv, DEAD, attempt, reason))
+        except Exception as again:
+            log.error("action %s: its failure could not be recorded either: %s", inv.key,
+                      describe(again))
+            return False
+        if recorded is Recorded.WRITTEN:
+            self.counts["gave_up"] += 1
+            self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+        return True
+
+    def _retry_job(self, inv: Invocation, attempt: int) -> RetryJob:
+        return RetryJob(key=inv.key, firing=inv.firing_json.decode(),
+                        automation_id=str(inv.automation.id), index=inv.index,
+                        action_type=inv.action_type, attempt=attempt)
+
+    def _dead(self, inv: Invocation, attempts: int, reason: str) -> dict[str, Any]:
+        """A given-up action's dead letter: the firing as it came, the cause and the ids."""
+        return {"data": inv.firing_json, "reason": reason, "action_index": str(inv.index),
+                "action_type": inv.action_type, "attempts": str(attempts),
+                "automation_id": str(inv.automation.id), "idempotency_key": inv.key}
 
     async def run_retry(self, job: RetryJob) -> str:
-        """The next attempt of a retry job, with the automation's current action."""
+        """The next attempt of a retry job, with the automation's current action, under its
+        own lease."""
         async with self._limit:
-            return await self._run_retry(job)
+            lease = self.leases.keeper()
+            return await beside([lease.keep], partial(self._run_retry, job, lease))
 
-    async def _run_retry(self, job: RetryJob) -> str:
+    async def _run_retry(self, job: RetryJob, lease: LeaseKeeper) -> str:
         automation_id = UUID(job.automation_id)
         automation = (await self.automations.lookup([automation_id]))[automation_id]
-        firing = Firing.from_json(job.firing)
+        try:
+            firing = Firing.from_json(job.firing)
+        except ValidationError as exc:
+            await self._give_up_orphan(job, f"has a retry job whose firing is unreadable: "
+                                       f"{describe(exc)}")
+            return "gave-up"
         if isinstance(automation, InvalidStoredAutomation):
             await self._give_up_orphan(job, f"is stored but no longer valid: "
                                        f"{automation.problems}")
@@ -348,23 +461,51 @@ class Dispatcher:
         if planned is None or planned.action.type != job.action_type:
             await self._give_up_orphan(job, "changed its actions before the retry")
             return "gave-up"
-        inv = new_invocation(automation, firing, planned)
-        return await self.run_action(inv, attempt=job.attempt, job=job)
+        inv = new_invocation(automation, firing, planned, job.firing.encode())
+        try:
+            return await self.run_action(inv, lease=lease, attempt=job.attempt, job=job)
+        except Exception as exc:
+            if await self._crashed(inv, lease, exc, attempt=job.attempt, job=job):
+                return "gave-up"
+            raise
 
     # -- the per-action pipeline ------------------------------------------------------------
-    async def run_action(self, inv: Invocation, *, attempt: int = 1,
+    async def run_action(self, inv: Invocation, *, lease: LeaseKeeper, attempt: int = 1,
                          job: RetryJob | None = None, begun: bool = False) -> str:
-        """idempotency check + action.triggered (``begun``: done for the whole batch) ->
-        render -> execute -> commit: done + .executed | retry job + .failed | dead letter."""
+        """idempotency check + lease + action.triggered (``begun``: done for the whole batch)
+        -> render -> execute -> record (fenced by the lease): done + .executed | retry job +
+        .failed | dead letter."""
+        announce = job is None
+        if begun and not await lease.confirm(inv.key):
+            # Lost while it waited for a slot (this process stalled): take it again as a fresh
+            # start would, with the done check, instead of repeating another executor's effect.
+            lease.release(inv.key)
+            log.warning("action %s (%s): lease lost before it started (this dispatcher stalled "
+                        "past %d ms); checking again before running it", inv.key,
+                        inv.action_type, self.ledger.lease_ttl_ms,
+                        extra={"idempotency_key": inv.key})
+            begun, announce = False, False
         if not begun:
-            [fresh] = await self.ledger.begin(
-                [(inv.key, action_triggered(inv) if attempt == 1 else None)])
-            if not fresh:
+            triggered = action_triggered(inv) if announce else None
+            [state] = await self.ledger.begin([Start(
+                inv.key, triggered.to_json() if triggered else None,
+                str(triggered.id) if triggered else "")], lease.token)
+            if state is Begun.BUSY:
+                return await self._wait_for_lease(inv, attempt=attempt, job=job)
+            if state is Begun.SKIP:
                 self.counts["skipped"] += 1
                 self.metrics.action_done(inv.action_type, "skipped")
                 if job is not None:
-                    await self.ledger.commit(inv.key, done=None, events=[], job=job)
+                    await self.ledger.record(inv.key, job=job)
                 return "skipped"
+            lease.hold(inv.key)
+        try:
+            return await self._attempt(inv, lease, attempt, job)
+        finally:
+            lease.release(inv.key)
+
+    async def _attempt(self, inv: Invocation, lease: LeaseKeeper, attempt: int,
+                       job: RetryJob | None) -> str:
         ctx = self._context(inv, attempt)
         started = time.perf_counter()
         try:
@@ -372,27 +513,32 @@ class Dispatcher:
             result = await self._execute(ctx)
         except ActionError as exc:
             took = time.perf_counter() - started
-            outcome = await self._failed(inv, ctx, exc, job)
+            outcome = await self._failed(inv, ctx, exc, job, lease)
             self.metrics.action_done(inv.action_type, outcome, took)
             return outcome
         took = time.perf_counter() - started
         executed = self._executed_event(inv, ctx, result)
-        await self._record_done(inv.key, executed, job, self._outcome(
-            inv, EXECUTED, ctx.attempt, summarize(executed.payload)))
+        # Retried through a Redis blip and shielded: giving up here would fail the batch,
+        # whose redelivery repeats the effect.
+        recorded = await self.ledger.record(
+            inv.key, token=lease.token, done=DONE, events=[executed], job=job,
+            history=self._outcome(inv, EXECUTED, ctx.attempt, summarize(executed.payload)))
+        if recorded is Recorded.FENCED:
+            return self._fenced(inv, "executed")
         self.counts["executed"] += 1
         self.metrics.action_done(inv.action_type, "executed", took)
         return "executed"
 
-    async def _record_done(self, key: str, executed: Event, job: RetryJob | None,
-                           history: bytes | None = None) -> None:
-        """Commit a done effect, riding out a Redis outage of up to ``claim_idle_ms``: giving
-        up here fails the batch, whose redelivery would repeat the effect. (A commit that
-        landed but lost its reply is harmless to repeat: same key, same event id.)"""
-        await retry(partial(self.ledger.commit, key, done=DONE, events=[executed], job=job,
-                            history=history),
-                    Backoff(f"action {key}: recording its done effect",
-                            cap_s=self.settings.reconnect_max_s, logger=log),
-                    deadline_s=self.settings.claim_idle_ms / 1000)
+    def _fenced(self, inv: Invocation, outcome: str) -> str:
+        """This executor lost the action's lease (it stalled, or lost Redis, past the lease)
+        and another executor took the action over: its outcome is not recorded."""
+        self.counts["fenced"] += 1
+        self.metrics.action_done(inv.action_type, "fenced")
+        log.warning("action %s (%s): record of this attempt (%s) refused, fenced: another "
+                    "executor took its lease over after this one held it past %d ms; the "
+                    "other's outcome stands", inv.key, inv.action_type, outcome,
+                    self.ledger.lease_ttl_ms, extra={"idempotency_key": inv.key})
+        return "fenced"
 
     def _executed_event(self, inv: Invocation, ctx: ActionContext, result: ActionResult) -> Event:
         """The ``.executed`` event; a malformed result (an executor bug) must not keep a done
@@ -443,7 +589,7 @@ class Dispatcher:
             raise TransientError(Reason.INTERNAL, message) from None
 
     async def _failed(self, inv: Invocation, ctx: ActionContext, exc: ActionError,
-                      job: RetryJob | None) -> str:
+                      job: RetryJob | None, lease: LeaseKeeper) -> str:
         """Retry a transient failure later, or give up: dead letter + done (as given up)."""
         retry = exc.transient and ctx.attempt < self.settings.action_max_attempts
         message = ctx.redactor.redact(exc.message)
@@ -461,27 +607,23 @@ class Dispatcher:
                     extra=ids)
         self.counts["failed"] += 1
         if retry:
-            next_job = RetryJob(
-                key=inv.key, firing=inv.firing.to_json().decode(),
-                automation_id=str(inv.automation.id), index=inv.index,
-                action_type=inv.action_type, attempt=ctx.attempt + 1)
-            await self.ledger.commit(inv.key, done=None, events=[failed],
-                               retry=(next_job, time.time() + delay),
-                               history=self._outcome(inv, RETRYING, ctx.attempt,
-                                                     f"{exc.reason.value}: {message}; "
-                                                     f"retry in {delay:.1f}s"))
+            recorded = await self.ledger.record(
+                inv.key, token=lease.token, events=[failed],
+                retry=(self._retry_job(inv, ctx.attempt + 1), time.time() + delay),
+                history=self._outcome(inv, RETRYING, ctx.attempt,
+                                      f"{exc.reason.value}: {message}; retry in {delay:.1f}s"))
+            if recorded is Recorded.FENCED:
+                return self._fenced(inv, "failed, to retry")
             self.counts["retried"] += 1
             return "retrying"
-        dead: dict[str, Any] = {
-                "data": inv.firing.to_json(), "reason": f"{exc.reason.value}: {message}",
-                "action_index": str(inv.index), "action_type": inv.action_type,
-                "attempts": str(ctx.attempt), "automation_id": str(inv.automation.id),
-                "idempotency_key": inv.key}
         outcome = DEAD if exc.transient else FAILED  # transient: its attempts ran out
         why = f" (given up after {ctx.attempt} attempts)" if exc.transient else ""
-        await self.ledger.commit(inv.key, done=GAVE_UP, events=[failed], job=job, dead=dead,
-                                 history=self._outcome(inv, outcome, ctx.attempt,
-                                                       f"{exc.reason.value}: {message}{why}"))
+        recorded = await self.ledger.record(
+            inv.key, token=lease.token, done=GAVE_UP, events=[failed], job=job,
+            dead=self._dead(inv, ctx.attempt, f"{exc.reason.value}: {message}"),
+            history=self._outcome(inv, outcome, ctx.attempt, f"{exc.reason.value}: {message}{why}"))
+        if recorded is Recorded.FENCED:
+            return self._fenced(inv, "given up")
         self.counts["gave_up"] += 1
         self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
         log.error("action %s (%s) of automation %r given up after %d attempt(s), dead-lettered "
@@ -499,8 +641,7 @@ class Dispatcher:
             firing_id=job.key.rpartition(":")[0], automation_id=job.automation_id,
             index=job.index, action_type=job.action_type, outcome=DEAD,
             attempt=job.attempt - 1, detail=reason)
-        await self.ledger.commit(job.key, done=GAVE_UP, events=[], job=job, dead=dead,
-                                 history=record)
+        await self.ledger.record(job.key, done=GAVE_UP, job=job, dead=dead, history=record)
         self.counts["gave_up"] += 1
         self.metrics.action_done(job.action_type, "gave-up")
         self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
@@ -511,20 +652,6 @@ class Dispatcher:
                          "firing_id": job.key.rpartition(":")[0]})
 
     # -- history records (automations.insight.history), written with the ledger's writes ---
-    def _fired_records(self, invocations: Sequence[Invocation]) -> list[bytes | None]:
-        """A firing's ``fired`` record rides with the begin of its first action (index 0), so
-        a redelivered firing whose actions are done records nothing again."""
-        if not self.settings.history_maxlen:
-            return []
-        types: dict[UUID, list[str]] = {}
-        for inv in invocations:
-            types.setdefault(inv.firing.id, []).append(inv.action_type)
-        return [None if inv.index else fired_entry(
-            firing_id=inv.firing.id, automation_id=inv.automation.id,
-            automation=inv.automation.name, fired_at=inv.firing.triggered,
-            event_id=(inv.firing.triggering_event or {}).get("id"), actions=types[inv.firing.id])
-            for inv in invocations]
-
     def _outcome(self, inv: Invocation, outcome: str, attempt: int, detail: str | None
                  ) -> bytes | None:
         if not self.settings.history_maxlen:

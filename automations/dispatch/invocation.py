@@ -209,6 +209,9 @@ class Invocation:
     triggering_event: Event | None
     id: UUID
     triggered_event_id: UUID
+    firing_json: bytes
+    """The firing as it came (retry jobs and dead letters carry it): encoded once, so a firing
+    that cannot be encoded again fails alone, before any action runs."""
 
     @property
     def action_type(self) -> str:
@@ -219,11 +222,13 @@ class Invocation:
         return self.planned.index
 
 
-def new_invocation(automation: AutomationView, firing: Firing, planned: Planned) -> Invocation:
+def new_invocation(automation: AutomationView, firing: Firing, planned: Planned,
+                   firing_json: bytes | None = None) -> Invocation:
     key = idempotency_key(firing.id, planned.index)
     return Invocation(automation, firing, planned, key,
                       triggering_event(automation, firing, planned),
-                      derived_id(key, "invocation"), derived_id(key, "triggered"))
+                      derived_id(key, "invocation"), derived_id(key, "triggered"),
+                      firing.to_json() if firing_json is None else firing_json)
 
 
 def _links(inv: Invocation) -> list[dict[str, str]]:

@@ -3,7 +3,9 @@
 Building an ``Apprise`` object parses the URL and loads its plugin, which is slow; the pool
 keeps one per URL (LRU-bounded) for the life of a dispatcher, which owns and clears it. Apprise
 reports failures only through log lines, so ``classify`` reads the per-service log of one call:
-``error=<status>`` becomes ``classify_http``, connection errors and timeouts are transient.
+``error=<status>`` becomes ``classify_http``, connection errors and timeouts are transient. A
+timeout (``Reason.TIMEOUT``) is kept apart from a failure to connect: only after a timeout may
+the receiver have the notification (``executors/notify.py`` does not send it again).
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import apprise
 
@@ -23,6 +28,11 @@ log = logging.getLogger(__name__)
 
 _STATUS = re.compile(r"error=(\d{3})")
 _CONNECTION = re.compile(r"connection error|socket exception|timed out|timeout", re.IGNORECASE)
+_TIMED_OUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_BEFORE_SENDING = re.compile(r"connect timeout|ConnectTimeout|connection to \S+ timed out",
+                             re.IGNORECASE)
+"""A timeout while connecting is a definite failure (nothing was sent); any other timeout may
+have happened after the receiver got the notification."""
 
 
 @dataclass(slots=True)
@@ -59,7 +69,10 @@ class NotifierPool:
         return await anyio.to_thread.run_sync(self._build, url)
 
     def _build(self, url: str) -> apprise.Apprise:
-        obj = apprise.Apprise()
+        # No async mode and no service timeout: Apprise then calls the plugin in the calling
+        # thread (``send``'s own), instead of queueing it for its shared pool of a few
+        # threads, so "about to be sent" (``before``) really is the moment it leaves.
+        obj = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False, service_timeout=0))
         if not obj.add(url):
             # The URL itself is not echoed: it may be a secret.
             raise PermanentError(
@@ -70,10 +83,26 @@ class NotifierPool:
             self._objects.popitem(last=False)
         return obj
 
-    async def send(self, url: str, *, title: str, body: str, timeout: float) -> Delivery:
-        """Notify one target; never raises for a delivery failure (see ``classify``)."""
+    async def send(self, url: str, *, title: str, body: str,
+                   before: Callable[[], Coroutine[Any, Any, bool]] | None = None
+                   ) -> Delivery | None:
+        """Notify one target; never raises for a delivery failure (see ``classify``).
+
+        The call runs in a worker thread; ``before`` is awaited from that thread right before
+        the plugin sends, and None is returned (nothing sent) when it answers False. So a
+        send marked as started (``executors/notify.py``) is one that left, not one waiting for
+        a thread. The caller bounds the wait (cancelling abandons the thread: its request may
+        still reach the target); the plugin's own socket timeouts bound the thread."""
         obj = await self.aget(url)
-        result = await obj.async_notify(body=body, title=title, timeout=timeout)
+
+        def call() -> apprise.AppriseResult | None:
+            if before is not None and not anyio.from_thread.run(before):
+                return None
+            return obj.notify(body=body, title=title)
+
+        result = await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        if result is None:
+            return None
         log = [f"{e.level}: {e.message}" for e in result.logs()]
         timed_out = result.timeout_count > 0
         return Delivery(ok=bool(result), timed_out=timed_out, log=log)
@@ -113,6 +142,8 @@ def classify(delivery: Delivery) -> TransientError | PermanentError | None:
                 error.message = f"{error.message}: {text}"
                 error.args = (error.message,)
                 return error
+    if _TIMED_OUT.search(text) and not _BEFORE_SENDING.search(text):
+        return TransientError(Reason.TIMEOUT, f"notification timed out: {text}")
     if _CONNECTION.search(text):
         return TransientError(Reason.CONNECTION, text)
     return TransientError(Reason.DELIVERY, text)

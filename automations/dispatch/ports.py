@@ -153,8 +153,20 @@ class LedgerPort(Protocol):
         many were dropped since the last one sent."""
         ...
 
-    async def release_cooldown(self, automation_id: UUID, target: str, /) -> None:
-        """Drop the claim: a failed delivery must not use up the cooldown."""
+    async def release_cooldown(self, automation_id: UUID, target: str, owner: str, /) -> None:
+        """Drop the claim if ``owner`` still holds it: a failed delivery must not use up the
+        cooldown (and must not drop a claim another notification took since)."""
+        ...
+
+    async def claim_send(self, key: str, target: str, owner: str, force: bool, /) -> bool:
+        """Mark the send of action ``key`` to ``target`` as started, just before it goes out.
+        False when an earlier send of it never concluded (it timed out or was interrupted: it
+        may have been delivered), unless ``force`` (then the mark is taken over). The marks
+        go when the action's outcome is final (done or given up)."""
+        ...
+
+    async def release_send(self, key: str, target: str, owner: str, /) -> None:
+        """Remove ``owner``'s mark after a definite failure: the next attempt may send."""
         ...
 
 

@@ -6,7 +6,10 @@ behind it): the attempt is written as a job (``<p>:actions:retry-jobs`` hash, du
 ``<p>:actions:retries`` sorted set) in the same MULTI as its ``.failed`` event, and the
 firings entry is acked. Any dispatcher claims due jobs with a lease (the score moves to
 now + lease in one script); a dispatcher that dies mid-attempt loses the lease and the job
-becomes due again. Finishing a job removes it in the same MULTI as the done record.
+becomes due again (one interrupted by a Redis outage is ``release``d: due as soon as Redis is
+back). Finishing or rescheduling a job happens in the ledger's record script, with the outcome
+(``Ledger.commit``); a second claimer of a job whose attempt still runs finds the action's
+lease held (``dispatch/lease.py``) and waits instead of running it twice.
 """
 
 from __future__ import annotations
@@ -81,13 +84,10 @@ class RetryQueue:
         self._claim = redis.register_script(CLAIM_SCRIPT)
 
     def schedule(self, pipe: Pipeline, job: RetryJob, due: float) -> None:
-        """Queue ``job`` at epoch ``due`` inside the caller's MULTI."""
+        """Queue ``job`` at epoch ``due`` inside the caller's MULTI (the dispatcher's own
+        outcomes go through ``Ledger.commit`` instead)."""
         pipe.hset(self._keys.action_retry_jobs, job.key, job.to_json())
         pipe.zadd(self._keys.action_retries, {job.key: due})
-
-    def finish(self, pipe: Pipeline, key: str) -> None:
-        pipe.zrem(self._keys.action_retries, key)
-        pipe.hdel(self._keys.action_retry_jobs, key)
 
     async def claim(self, now: float, lease_s: float, limit: int) -> list[RetryJob]:
         """Due jobs, leased to the caller until ``now + lease_s``."""
@@ -96,6 +96,10 @@ class RetryQueue:
             args=[now, now + lease_s, limit],
         )
         return [RetryJob.from_json(r) for r in raw]
+
+    async def release(self, key: str, due: float) -> None:
+        """Make a claimed job due at ``due`` instead of its lease's end (if still queued)."""
+        await self._redis.zadd(self._keys.action_retries, {key: due}, xx=True)
 
     async def next_due(self) -> float | None:
         first = await self._redis.zrange(self._keys.action_retries, 0, 0, withscores=True)

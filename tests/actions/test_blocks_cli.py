@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 
@@ -54,4 +55,25 @@ def test_set_ls_delete_never_print_the_value(env: Settings,
     bad = cli.invoke(app, ["blocks", "set", "x", "not a url XyzSecretTokenValue"])
     outputs.append(bad.output)
     assert bad.exit_code == 2
+    assert all("XyzSecretTokenValue" not in out for out in outputs)
+
+
+def test_set_and_delete_json_name_the_block_never_the_value(env: Settings) -> None:
+    cli = CliRunner()
+    stored = cli.invoke(app, ["blocks", "set", "ops-slack", SECRET, "--json"])
+    assert stored.exit_code == 0, stored.output
+    assert json.loads(stored.stdout) == {"block": "ops-slack", "stored": True}
+    piped = cli.invoke(app, ["blocks", "set", "pager", "--json"], input=SECRET + "\n")
+    assert json.loads(piped.stdout) == {"block": "pager", "stored": True}
+    deleted = cli.invoke(app, ["blocks", "delete", "pager", "--json"])
+    assert deleted.exit_code == 0
+    assert json.loads(deleted.stdout) == {"block": "pager", "deleted": True}
+    missing = cli.invoke(app, ["blocks", "delete", "pager", "--json"])
+    assert missing.exit_code == 3 and missing.stdout == ""
+    bad = cli.invoke(app, ["blocks", "set", "x", "not a url XyzSecretTokenValue", "--json"])
+    assert bad.exit_code == 2 and bad.stdout == ""
+    listed = [json.loads(line) for line in
+              cli.invoke(app, ["blocks", "ls", "--json"]).stdout.splitlines()]
+    assert listed == [{"name": "ops-slack", "source": "stored"}]
+    outputs = [r.output for r in (stored, piped, deleted, missing, bad)]
     assert all("XyzSecretTokenValue" not in out for out in outputs)

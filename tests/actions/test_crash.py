@@ -28,6 +28,8 @@ def start_dispatcher_process(settings: Settings, log: Path) -> subprocess.Popen[
     env = {**os.environ, "AUTOMATIONS_REDIS_URL": str(settings.redis_url),
            "AUTOMATIONS_PREFIX": settings.prefix, "AUTOMATIONS_CONSUMER_NAME": "doomed",
            "AUTOMATIONS_ACTION_TIMEOUT_S": "60", "AUTOMATIONS_BLOCK_MS": "50",
+           # its action leases expire as soon as its entries may be reclaimed
+           "AUTOMATIONS_CLAIM_IDLE_MS": str(settings.claim_idle_ms),
            "AUTOMATIONS_DISPATCH_READERS": "1"}  # both firings in one batch
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "automations", "serve", "--only",

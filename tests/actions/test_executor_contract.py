@@ -95,7 +95,10 @@ async def test_executor_contract(
     outcome = (await action_events(redis, keys))[-1]
     assert outcome["event"] == f"prefect.automation.action.{expected.outcome}"
     assert outcome["payload"].get("reason") == expected.reason
-    assert outcome["payload"].get("will_retry") == expected.will_retry
+    # A notification that timed out may have been delivered: never sent again (at most once).
+    at_most_once = kind == "send-notification" and case == "timeout"
+    assert outcome["payload"].get("will_retry") == (False if at_most_once else
+                                                    expected.will_retry)
     everything = [str(await redis.xrange(keys.events)),
                   str(await redis.xrange(keys.dead(keys.firings))),
                   str(await redis.hgetall(keys.action_retry_jobs)), caplog.text]

@@ -43,8 +43,10 @@ async def test_cooldown_grants_its_owner_drops_and_counts_the_others(
     counter = keys.cooldown_dropped(str(automation), "t")
     assert DROPPED_TTL_MIN_S - 5 < await redis.ttl(counter) <= DROPPED_TTL_MIN_S
 
-    await ledger.release_cooldown(automation, "t")  # f1's delivery failed
-    assert await ledger.claim_cooldown(automation, "t", "f4:0", 60) == 2
+    await ledger.release_cooldown(automation, "t", "f2:0")  # not the owner: kept
+    assert await ledger.claim_cooldown(automation, "t", "f4:0", 60) is None
+    await ledger.release_cooldown(automation, "t", "f1:0")  # f1's delivery failed
+    assert await ledger.claim_cooldown(automation, "t", "f6:0", 60) == 3
     assert not await redis.exists(counter)
     assert await ledger.claim_cooldown(automation, "t", "f5:0", 60) is None
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from automations.dispatch.executors import automations, deployments, flow_runs, notify, webhook
+from automations.dispatch.executors import (
+    automations,
+    deployments,
+    flow_runs,
+    notify,
+    prefect,
+    webhook,
+)
 from automations.dispatch.ports import ActionContext, ActionResult
 
 Executor = Callable[[Any, ActionContext], Awaitable[ActionResult]]
@@ -33,3 +40,4 @@ EXECUTORS: dict[str, Executor] = {
     "cancel-flow-run": flow_runs.cancel_flow_run,
     "change-flow-run-state": flow_runs.change_flow_run_state,
 }
+EXECUTORS.update(prefect.EXECUTORS)  # on a Prefect server when one is configured (docs/prefect.md)

@@ -6,22 +6,37 @@ failure only re-sends the targets that failed. With ``cooldown_seconds``, at mos
 notification per automation and target goes out per cooldown: the others are dropped and
 counted, and the next one sent says how many were suppressed (the ledger's state is shared by
 every dispatcher).
+
+At most once per target: Apprise sends no idempotency key, so the receiver cannot drop a
+repeat. A "sending" mark is set just before a target is sent to (in the sending thread, as
+the request is about to leave: ``NotifierPool.send``) and removed only after a definite
+failure (an error status, a refused connection); a send that timed out or was cut off (the
+dispatcher's timeout, a crash, a stall) leaves it, and no later attempt or redelivery sends to
+that target again: it is reported failed as "timed out; may have been delivered". The marks go
+with the action's final outcome, so a re-drive of its dead letter does send again.
+``retry_on_timeout`` makes it at least once instead (a timed-out send is retried).
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
+from functools import partial
 from typing import Any
 
 import anyio
 
 from actions.models import SendNotification
-from actions.outcome import ActionError, PermanentError, TransientError
+from actions.outcome import ActionError, PermanentError, Reason, TransientError
 from actions.secrets import resolve_block
-from automations.dispatch.notifiers import classify
+from automations.dispatch.notifiers import Delivery, classify
 from automations.dispatch.ports import ActionContext, ActionResult
 
 SUPPRESSED_NOTE = "\n\n({n} similar notification{s} suppressed by the cooldown)"
+SEND_BUDGET = 0.9
+"""Share of the action timeout a send may take: a slow receiver times out here, classified
+per target, before the dispatcher's own timeout cuts the whole action off."""
+MAYBE_DELIVERED = "timed out; may have been delivered"
 
 
 async def resolve_targets(action: SendNotification, ctx: ActionContext) -> list[tuple[str, str]]:
@@ -64,7 +79,8 @@ def _target_key(ctx: ActionContext, index: int) -> str:
 
 
 async def _deliver(
-    action: SendNotification, ctx: ActionContext, index: int, url: str, shown: str
+    action: SendNotification, ctx: ActionContext, index: int, url: str, shown: str,
+    deadline: float,
 ) -> dict[str, Any]:
     """Deliver to one target not yet delivered; returns its report (``error`` set to the
     classified failure)."""
@@ -77,25 +93,50 @@ async def _deliver(
     report: dict[str, Any] = {"target": shown}
     if suppressed:
         report["suppressed_before"] = suppressed
+    key, owner = _target_key(ctx, index), uuid.uuid4().hex
+    delivery = None
     try:
-        delivery = await ctx.clients.notifiers.send(
-            url, title=action.subject, body=body, timeout=ctx.action_timeout_s
-        )
+        budget = max(0.0, deadline - anyio.current_time())
+        with anyio.fail_after(budget):
+            delivery = await ctx.clients.notifiers.send(
+                url, title=action.subject, body=body,
+                before=partial(ctx.ledger.claim_send, ctx.idempotency_key, f"t{index}", owner,
+                               action.retry_on_timeout))
+        if delivery is None:
+            return _failed(report, PermanentError(
+                Reason.TIMEOUT, f"{MAYBE_DELIVERED}: an earlier attempt's send did not "
+                "conclude (it timed out or was interrupted), so it is not sent again"), None,
+                "unconfirmed")
         error: ActionError | None = classify(delivery)
+    except TimeoutError:
+        error = TransientError(Reason.TIMEOUT, f"notification timed out after {budget:.3g}s")
     except ActionError as exc:
-        error, delivery = exc, None
+        error = exc
     if error is None:
-        await ctx.ledger.mark_delivered(_target_key(ctx, index))
+        await ctx.ledger.mark_delivered(key)
         return {**report, "status": "delivered"}
+    if error.reason is Reason.TIMEOUT and not action.retry_on_timeout:
+        # The receiver may have it: keep the mark (and the cooldown), never send it again.
+        return _failed(report, PermanentError(Reason.TIMEOUT, f"{MAYBE_DELIVERED} ("
+                                              f"{error.message}); not sent again"),
+                       delivery, "unconfirmed")
+    await ctx.ledger.release_send(ctx.idempotency_key, f"t{index}", owner)
     if action.cooldown_seconds:
         # A failed delivery does not use up the cooldown: the next notification may go.
-        await ctx.ledger.release_cooldown(ctx.automation.id, _target_hash(url))
+        await ctx.ledger.release_cooldown(ctx.automation.id, _target_hash(url),
+                                          ctx.idempotency_key)
+    return _failed(report, error, delivery, "failed")
+
+
+def _failed(report: dict[str, Any], error: ActionError, delivery: Delivery | None,
+            status: str) -> dict[str, Any]:
     log = delivery.log if delivery is not None else []
-    return {**report, "status": "failed", "reason": error.reason.value,
+    return {**report, "status": status, "reason": error.reason.value,
             "message": error.message, "log": log, "error": error}
 
 
 async def execute(action: SendNotification, ctx: ActionContext) -> ActionResult:
+    deadline = anyio.current_time() + ctx.action_timeout_s * SEND_BUDGET
     targets = await resolve_targets(action, ctx)
     delivered = await ctx.ledger.delivered([_target_key(ctx, i) for i in range(len(targets))])
     reports: list[dict[str, Any]] = [
@@ -103,7 +144,7 @@ async def execute(action: SendNotification, ctx: ActionContext) -> ActionResult:
         for (_, shown), done in zip(targets, delivered, strict=True)]
 
     async def one(i: int, url: str, shown: str) -> None:
-        reports[i] = await _deliver(action, ctx, i, url, shown)
+        reports[i] = await _deliver(action, ctx, i, url, shown, deadline)
 
     async with anyio.create_task_group() as tg:
         for i, ((url, shown), done) in enumerate(zip(targets, delivered, strict=True)):
@@ -115,6 +156,7 @@ async def execute(action: SendNotification, ctx: ActionContext) -> ActionResult:
         "targets": reports,
         "delivered": sum(r["status"] == "delivered" for r in reports),
         "throttled": sum(r["status"] == "throttled" for r in reports),
+        "unconfirmed": sum(r["status"] == "unconfirmed" for r in reports),
     }
     failed_logs = [line for r in reports for line in r.get("log", [])]
     if failed_logs:
