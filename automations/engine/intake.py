@@ -20,7 +20,16 @@ from uuid import UUID
 import orjson
 
 from automations.errors import EventTooLarge, InvalidEvent
-from automations.events import MAX_EVENT_BYTES, RESOURCE_ID, TOO_DEEP, Event, micros, to_us
+from automations.events import (
+    MAX_EVENT_BYTES,
+    MAX_EVENT_DEPTH,
+    RESOURCE_ID,
+    TOO_DEEP,
+    Event,
+    micros,
+    nesting,
+    to_us,
+)
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject
 
@@ -99,6 +108,11 @@ def decode_event(raw: bytes, index: NameIndex) -> Incoming:
         raise InvalidEvent(f"not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidEvent("an event must be a JSON object")
+    # The depth limit holds for every event, watched or not (counting brackets bounds the
+    # depth, so the usual event is not walked).
+    if (raw.count(b"{") + raw.count(b"[") > MAX_EVENT_DEPTH
+            and nesting(data, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH):
+        raise InvalidEvent(TOO_DEEP)
     for required in ("id", "occurred"):
         if required not in data:
             raise InvalidEvent(f"{required}: required on the stream (emit() sets it)")

@@ -66,6 +66,15 @@ def test_the_file_parser_and_the_stream_intake_give_the_same_reason(levels: int)
     assert TOO_DEEP in str(decoded.value)
 
 
+def test_a_too_deep_event_no_trigger_watches_is_refused_too() -> None:
+    raw = raw_event(nested_json(MAX_PAYLOAD_DEPTH + 1), name="nobody.watches.this")
+    with pytest.raises(InvalidEvent) as decoded:
+        decode_event(raw, TriggerIndex())
+    assert str(decoded.value) == TOO_DEEP
+    assert decode_event(raw_event(nested_json(MAX_PAYLOAD_DEPTH), name="nobody.watches.this"),
+                        TriggerIndex()).event is None  # at the limit: the light path
+
+
 async def test_a_too_deep_event_is_dead_lettered_alone_and_its_batch_fires(h: Harness) -> None:
     await h.load(automation({"posture": "Reactive", "expect": [FAILED]}))
     await h.redis.xadd(h.keys.events, {"data": raw_event(nested_json(300))})
