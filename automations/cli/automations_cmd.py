@@ -4,16 +4,18 @@
 every error at once (exit code 2, nothing stored); ``validate`` and ``schema`` need no Redis.
 Block names are checked against Redis: ``apply`` needs it anyway, ``validate`` checks them when
 Redis answers within a few seconds and otherwise says that it could not (not an error).
-Machine-readable output (``ls --json``, ``inspect --json/--yaml``, ``schema``) goes to stdout
-unstyled.
+Machine-readable output (``--json`` on every command, ``inspect --yaml``, ``schema``) goes to
+stdout unstyled; warnings, notes and error text stay on stderr, so stdout parses as it is.
 """
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import anyio
 import orjson
@@ -29,9 +31,11 @@ from actions.targets import KnownBlocks
 from automations.action_targets import known_blocks
 from automations.cli.common import (
     EXIT_USER_ERROR,
+    JsonFlag,
     console,
     err_console,
     load_settings,
+    print_json,
     settings_error,
     user_errors,
 )
@@ -45,6 +49,9 @@ from automations.store import ApplyResult, AutomationStore
 from triggers.models import CompoundTrigger, EventTrigger, Posture, Trigger, never_fires
 
 T = TypeVar("T")
+JsonObject = dict[str, Any]
+ErrorsJson = Callable[[list[JsonObject]], JsonObject]
+"""With ``--json``: the object printed for a failed load, given the errors as objects."""
 
 FilesArg = Annotated[list[Path], typer.Argument(
     help="JSON, YAML or Python files, or directories of them.")]
@@ -52,6 +59,10 @@ NameArg = Annotated[str, typer.Argument(help="Automation name (or id).")]
 BLOCKS_WAIT_S = 3.0
 """How long ``validate`` waits for Redis to read the block names before it gives up on them."""
 _UNREACHABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, *CONNECTION_ERRORS)
+_NAMED = re.compile(r" \(automation ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\)$")
+"""The `` (automation 'name')`` the loader appends to an error about one automation."""
+_NAMED_PATH = re.compile(r"^('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")(?:\.|\[|$)")
+"""A field path the store starts with the automation's name: ``'name'.id``."""
 
 
 def register(app: typer.Typer) -> None:
@@ -70,11 +81,20 @@ def apply(
     prune: Annotated[bool, typer.Option(help="Delete stored automations not in FILES.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Report what would change; write nothing.")]
     = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create or update automations by name from FILES (atomic: all or nothing)."""
-    automations = _load_or_exit(files, BlockCheck(load_settings()))
+    errors_json = _errors_only if as_json else None
+    automations = _load_or_exit(files, BlockCheck(load_settings()), errors_json)
     _print_warnings(automations)
-    result = _with_store(lambda store: store.apply(automations, prune=prune, dry_run=dry_run))
+    result = _with_store(lambda store: store.apply(automations, prune=prune, dry_run=dry_run),
+                         errors_json)
+    if as_json:
+        print_json({"created": result.created, "updated": result.updated,
+                    "unchanged": result.unchanged, "deleted": result.deleted,
+                    "trigger_reset": result.trigger_reset, "dry_run": result.dry_run,
+                    "warnings": _warnings(automations)})
+        return
     _print_result(result)
 
 
@@ -126,39 +146,55 @@ def inspect(
     console.print(escape(text), highlight=False, soft_wrap=True)
 
 
-def pause(name: NameArg) -> None:
+def pause(name: NameArg, as_json: JsonFlag = False) -> None:
     """Stop evaluating an automation (its window state is kept)."""
-    _set_enabled(name, False)
+    _set_enabled(name, False, as_json=as_json)
 
 
-def resume(name: NameArg) -> None:
+def resume(name: NameArg, as_json: JsonFlag = False) -> None:
     """Evaluate a paused automation again."""
-    _set_enabled(name, True)
+    _set_enabled(name, True, as_json=as_json)
 
 
-def delete(name: NameArg) -> None:
+def delete(name: NameArg, as_json: JsonFlag = False) -> None:
     """Delete an automation."""
     deleted = _with_store(lambda store: store.delete(name))
+    if as_json:
+        print_json({"automation": deleted.name, "id": str(deleted.id), "deleted": True})
+        return
     console.print(f"deleted {escape(repr(deleted.name))}")
 
 
-def validate(files: FilesArg) -> None:
+def validate(files: FilesArg, as_json: JsonFlag = False) -> None:
     """Check FILES: every error at once, plus never-fires warnings. Needs no Redis; block
     names are checked when Redis can be reached."""
     try:
         check = BlockCheck(Settings(), wait_s=BLOCKS_WAIT_S)
     except ValidationError as exc:
         check = BlockCheck(None, unavailable=settings_error(exc))
-    automations = _load_or_exit(files, check)
+
+    def invalid(errors: list[JsonObject]) -> JsonObject:
+        return {"valid": False, "automations": [], "errors": errors, "warnings": [],
+                "notes": check.notes()}
+
+    automations = _load_or_exit(files, check, invalid if as_json else None)
     _print_warnings(automations)
+    if as_json:
+        print_json({"valid": True, "automations": [a.name for a in automations], "errors": [],
+                    "warnings": _warnings(automations), "notes": check.notes()})
+        return
     for a in automations:
         console.print(f"[green]ok[/] {escape(a.name)}: {escape(describe_trigger(a.trigger))}",
                       soft_wrap=True)
     console.print(f"{len(automations)} automation(s) in {len(files)} file(s) are valid")
 
 
-def schema() -> None:
+def schema(
+    as_json: Annotated[bool, typer.Option("--json", help="Accepted for scripts: the output is "
+                                          "JSON already.")] = False,
+) -> None:
     """Print the JSON Schema of the automations file format (for editor validation)."""
+    del as_json  # the same output either way
     typer.echo(orjson.dumps(file_schema(), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -176,6 +212,9 @@ class BlockCheck:
         self.wait_s = wait_s
         self.unavailable = unavailable
         self.note = ""
+
+    def notes(self) -> list[str]:
+        return [self.note] if self.note else []
 
     def __call__(self, names: Collection[str]) -> KnownBlocks | None:
         if self.settings is None:
@@ -201,20 +240,24 @@ class BlockCheck:
             return None
 
 
-def _load_or_exit(files: Sequence[Path], check_blocks: BlockCheck) -> list[Automation]:
+def _load_or_exit(files: Sequence[Path], check_blocks: BlockCheck,
+                  errors_json: ErrorsJson | None) -> list[Automation]:
     try:
         return [item.automation for item in load_sources(files, check_blocks=check_blocks)]
     except InvalidAutomations as exc:
-        _report(exc.errors)
+        _report(exc.errors, errors_json)
     except InvalidAutomation as exc:
-        _report([exc])
+        _report([exc], errors_json)
     finally:
         if check_blocks.note:
             err_console.print(f"[yellow]note:[/] {escape(check_blocks.note)}", highlight=False,
                               soft_wrap=True)
 
 
-def _report(errors: Sequence[InvalidAutomation]) -> NoReturn:
+def _report(errors: Sequence[InvalidAutomation], errors_json: ErrorsJson | None) -> NoReturn:
+    """Every error on stderr, exit code 2; with ``--json`` also one object on stdout."""
+    if errors_json is not None:
+        print_json(errors_json([error_json(e) for e in errors]))
     for error in errors:
         err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False,
                           soft_wrap=True)
@@ -223,7 +266,34 @@ def _report(errors: Sequence[InvalidAutomation]) -> NoReturn:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
-def _with_store(fn: Callable[[AutomationStore], Awaitable[T]]) -> T:
+def error_json(error: InvalidAutomation) -> JsonObject:
+    """An error as ``file``, ``automation`` (its name when the error says it), ``path`` and
+    ``message``, the parts the text line is made of (null where the error has none)."""
+    automation = None
+    for pattern, text in ((_NAMED, error.message), (_NAMED_PATH, error.field_path)):
+        found = pattern.search(text)
+        if found:
+            automation = _literal(found.group(1))
+            break
+    return {"file": error.file, "automation": automation, "path": error.field_path or None,
+            "message": error.message}
+
+
+def _literal(quoted: str) -> str | None:
+    """The name a ``repr`` spells (None for text that only looks like one)."""
+    try:
+        value = ast.literal_eval(quoted)
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _errors_only(errors: list[JsonObject]) -> JsonObject:
+    return {"errors": errors}
+
+
+def _with_store(fn: Callable[[AutomationStore], Awaitable[T]],
+                errors_json: ErrorsJson | None = None) -> T:
     settings = load_settings()
 
     async def main() -> T:
@@ -237,26 +307,34 @@ def _with_store(fn: Callable[[AutomationStore], Awaitable[T]]) -> T:
         try:
             return anyio.run(main)
         except InvalidAutomations as exc:  # refused by the store (e.g. id clash): same report
-            _report(exc.errors)
+            _report(exc.errors, errors_json)
 
 
-def _set_enabled(name: str, enabled: bool) -> None:
+def _set_enabled(name: str, enabled: bool, *, as_json: bool) -> None:
     async def flip(store: AutomationStore) -> tuple[Automation, bool]:
         current = await store.find(name)
         return await store.set_enabled(current.id, enabled), current.enabled != enabled
 
     automation, changed = _with_store(flip)
+    if as_json:
+        print_json({"automation": automation.name, "id": str(automation.id),
+                    "enabled": automation.enabled, "changed": changed})
+        return
     state = "resumed" if enabled else "paused"
     label = escape(repr(automation.name))
     console.print(f"{state} {label}" if changed else f"{label} was already {state}")
 
 
+def _warnings(automations: Sequence[Automation]) -> list[JsonObject]:
+    """Never-fires warnings as objects, shaped like errors."""
+    return [{"automation": a.name, "path": "trigger", "message": warning}
+            for a in automations if (warning := never_fires(a.trigger))]
+
+
 def _print_warnings(automations: Sequence[Automation]) -> None:
-    for a in automations:
-        warning = never_fires(a.trigger)
-        if warning:
-            err_console.print(f"[yellow]warning:[/] {escape(a.name)}: trigger: {escape(warning)}",
-                              highlight=False, soft_wrap=True)
+    for w in _warnings(automations):
+        err_console.print(f"[yellow]warning:[/] {escape(w['automation'])}: trigger: "
+                          f"{escape(w['message'])}", highlight=False, soft_wrap=True)
 
 
 def _print_result(result: ApplyResult) -> None:

@@ -2,6 +2,7 @@
 
 Values are write-only: no command prints one, not even in an error. ``set NAME`` without a
 URL (or with ``-``) reads it from stdin, which keeps it out of shell history and ``ps``.
+``--json`` prints ``{"block": NAME, "stored": true}`` or ``{"block": NAME, "deleted": true}``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.markup import escape
 
 from actions.secrets import env_name
 from automations.blocks import BlockStore, env_block_vars
-from automations.cli.common import console, fail, load_settings, run
+from automations.cli.common import JsonFlag, console, fail, load_settings, print_json, run
 from automations.connection import connect
 from automations.errors import NotFound
 from automations.keys import Keys
@@ -54,6 +55,7 @@ def set_block(
     name: NameArg,
     url: Annotated[str, typer.Argument(help="The URL; omit or '-' to read it from stdin.")]
     = "-",
+    as_json: JsonFlag = False,
 ) -> None:
     """Store (or replace) block NAME. The value is never printed."""
     if url == "-":
@@ -68,6 +70,9 @@ def set_block(
         await blocks.set(name, url)
 
     _with_blocks(store)
+    if as_json:
+        print_json({"block": name, "stored": True})
+        return
     console.print(f"stored block [bold]{escape(name)}[/]", highlight=False)
 
 
@@ -93,7 +98,7 @@ def ls(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per
 
 
 @blocks_app.command("delete")
-def delete(name: NameArg) -> None:
+def delete(name: NameArg, as_json: JsonFlag = False) -> None:
     """Delete block NAME."""
 
     async def remove(blocks: BlockStore) -> None:
@@ -101,4 +106,7 @@ def delete(name: NameArg) -> None:
             raise NotFound(f"no block named '{name}'")
 
     _with_blocks(remove)
+    if as_json:
+        print_json({"block": name, "deleted": True})
+        return
     console.print(f"deleted block [bold]{escape(name)}[/]", highlight=False)

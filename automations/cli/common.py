@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import anyio
+import orjson
 import redis.exceptions
 import typer
 from pydantic import ValidationError
@@ -31,6 +32,15 @@ err_console = Console(stderr=True, emoji=False)
 EXIT_USER_ERROR = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+"""The ``--json`` of a command that reports one result (listings print one object a line)."""
+
+
+def print_json(data: Mapping[str, Any]) -> None:
+    """One JSON object on one line of stdout, unstyled: what scripts parse. Text that goes
+    with it (warnings, errors) stays on stderr."""
+    typer.echo(orjson.dumps(data).decode())
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:

@@ -2,12 +2,14 @@
 
 ``run`` checks the parameters against the flow's signature (the schema ``apply`` stored) before
 creating the run: an unknown name, a missing required parameter or a value of the wrong type is
-refused with exit code 2, instead of a run the worker can only fail.
+refused with exit code 2, instead of a run the worker can only fail. Every command takes
+``--json`` (one object on stdout; ``ls`` one per line).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from functools import partial
 from pathlib import Path
@@ -20,12 +22,24 @@ import yaml
 from rich.markup import escape
 from rich.table import Column, Table
 
-from automations.cli.common import console, err_console, fail, load_settings, run
+from automations.cli.common import (
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    load_settings,
+    print_json,
+    run,
+)
 from automations.cli.serve_cmd import unwrapped
 from automations.connection import connect, display_url, redis_url
 from automations.keys import Keys
 from automations.logging_setup import configure_logging
-from automations.runtime.deployment_files import check_run_parameters, load_file
+from automations.runtime.deployment_files import (
+    InvalidDeployment,
+    check_run_parameters,
+    load_file,
+)
 from automations.runtime.deployments import Deployment, DeploymentStore
 from automations.runtime.flow_runs import FlowRunStore, build_flow_run
 from automations.runtime.worker import Worker
@@ -34,6 +48,11 @@ from automations.settings import Settings
 
 NameArg = Annotated[str, typer.Argument(help="Deployment name or id.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per line).")]
+
+_PROBLEM = re.compile(r"^(deployments\[\d+\]\S*?)(?: \((.+?)\))?: (.+)$", re.DOTALL)
+"""One line of ``invalid deployments:``: ``deployments[0].field: msg``, ``deployments[1] (name):
+msg``."""
+APPLY_KINDS = ("created", "updated", "unchanged")
 
 deployments_app = typer.Typer(help="Deployments: apply, list, run, pause and resume them.",
                               no_args_is_help=True)
@@ -57,24 +76,63 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 def apply_cmd(
     file: Annotated[Path, typer.Argument(help="YAML, JSON or Python file with deployments.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check only.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create or update deployments (by name) from FILE."""
     settings = load_settings()
 
     async def main() -> None:
-        found = load_file(file)
+        try:
+            found = load_file(file)
+        except InvalidDeployment as exc:  # the text goes to stderr (exit code 2) as well
+            if as_json:
+                print_json({"errors": deployment_errors(exc, file)})
+            raise
         if dry_run:
+            if as_json:
+                print_json(_apply_json([("valid", dep) for dep in found], dry_run=True))
+                return
             for dep in found:
                 console.print(f"ok      {dep.name} ({dep.entrypoint})", highlight=False)
             return
         client = connect(settings)
         try:
-            for kind, dep in await DeploymentStore(client, Keys(settings.prefix)).apply(found):
-                console.print(f"{kind:<9} {dep.name}  {dep.id}", highlight=False)
+            applied = await DeploymentStore(client, Keys(settings.prefix)).apply(found)
         finally:
             await client.aclose()
+        if as_json:
+            print_json(_apply_json(applied, dry_run=False))
+            return
+        for kind, dep in applied:
+            console.print(f"{kind:<9} {dep.name}  {dep.id}", highlight=False)
 
     run(main)
+
+
+def _apply_json(applied: list[tuple[str, Deployment]], *, dry_run: bool) -> dict[str, Any]:
+    """Names by outcome, like ``automations apply --json``, and each deployment with its id
+    (a dry run checks the file only: outcome ``valid``, no id yet)."""
+    out: dict[str, Any] = {kind: [d.name for k, d in applied if k == kind]
+                           for kind in APPLY_KINDS}
+    out["deployments"] = [{"name": d.name, "id": None if dry_run else str(d.id),
+                           "entrypoint": d.entrypoint, "result": kind} for kind, d in applied]
+    out["dry_run"] = dry_run
+    return out
+
+
+def deployment_errors(exc: InvalidDeployment, file: Path) -> list[dict[str, Any]]:
+    """``InvalidDeployment``'s lines as ``file``, ``deployment`` (name, when the line has it),
+    ``path`` (``deployments[0].entrypoint``) and ``message``; null where a line has none."""
+    text = str(exc).removeprefix(f"{file}: ")
+    head, _, rest = text.partition("\n")
+    lines = [line.strip() for line in rest.split("\n  ")] \
+        if head == "invalid deployments:" and rest else [text]
+    errors = []
+    for line in lines:
+        found = _PROBLEM.match(line)
+        path, name, message = found.groups() if found else (None, None, line)
+        errors.append({"file": str(file), "deployment": name, "path": path, "message": message})
+    return errors
 
 
 @deployments_app.command("ls")
@@ -163,7 +221,7 @@ def run_cmd(
     run(main)
 
 
-def _set_paused(name: str, paused: bool) -> None:
+def _set_paused(name: str, paused: bool, *, as_json: bool) -> None:
     """Pause or resume; one already in that state is left alone (a resume would restart its
     schedules from now) and said so, exit code 0."""
     settings = load_settings()
@@ -178,6 +236,10 @@ def _set_paused(name: str, paused: bool) -> None:
                 dep = await store.set_paused(dep.id, paused)
         finally:
             await client.aclose()
+        if as_json:
+            print_json({"deployment": dep.name, "id": str(dep.id), "paused": dep.paused,
+                        "changed": changed})
+            return
         if changed:
             console.print(f"{'paused' if paused else 'resumed'} {dep.name}", highlight=False)
         else:
@@ -188,19 +250,19 @@ def _set_paused(name: str, paused: bool) -> None:
 
 
 @deployments_app.command("pause")
-def pause_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.")]) -> None:
+def pause_cmd(name: NameArg, as_json: JsonFlag = False) -> None:
     """Pause a deployment's schedules (no new scheduled runs)."""
-    _set_paused(name, True)
+    _set_paused(name, True, as_json=as_json)
 
 
 @deployments_app.command("resume")
-def resume_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.")]) -> None:
+def resume_cmd(name: NameArg, as_json: JsonFlag = False) -> None:
     """Resume a deployment's schedules, from now on (missed runs are not created)."""
-    _set_paused(name, False)
+    _set_paused(name, False, as_json=as_json)
 
 
 @deployments_app.command("delete")
-def delete_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id.")]) -> None:
+def delete_cmd(name: NameArg, as_json: JsonFlag = False) -> None:
     """Delete a deployment (its flow runs are kept)."""
     settings = load_settings()
 
@@ -210,6 +272,9 @@ def delete_cmd(name: Annotated[str, typer.Argument(help="Deployment name or id."
             dep = await DeploymentStore(client, Keys(settings.prefix)).delete(name)
         finally:
             await client.aclose()
+        if as_json:
+            print_json({"deployment": dep.name, "id": str(dep.id), "deleted": True})
+            return
         console.print(f"deleted {dep.name}", highlight=False)
 
     run(main)

@@ -1,4 +1,8 @@
-"""``automations emit`` (one event from arguments, or JSON Lines) and ``automations events``."""
+"""``automations emit`` (one event from arguments, or JSON Lines) and ``automations events``.
+
+``emit --json`` prints the event as published (one event) or ``{"emitted", "bad", "errors"}``
+(``--file``); the per-line errors are on stderr as well.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,15 @@ import redis.asyncio as aioredis
 import typer
 from rich.markup import escape
 
-from automations.cli.common import EXIT_USER_ERROR, console, err_console, fail, load_settings, run
+from automations.cli.common import (
+    EXIT_USER_ERROR,
+    console,
+    err_console,
+    fail,
+    load_settings,
+    print_json,
+    run,
+)
 from automations.connection import connect, display_url, redis_url
 from automations.errors import BusUnavailable, InvalidEvent
 from automations.events import (
@@ -100,19 +112,21 @@ def _with_bare_resource(line: str) -> Event | str | None:
         return str(exc)
 
 
-async def emit_lines(settings: Settings, source: TextIO) -> tuple[int, int]:
-    """Publish every valid line in batches, report each bad one; returns (emitted, bad).
+async def emit_lines(settings: Settings, source: TextIO) -> tuple[int, list[tuple[int, str]]]:
+    """Publish every valid line in batches, report each bad one on stderr; returns the number
+    emitted and the bad lines as (line number, error).
 
     If Redis goes away midway, the error says up to which line events were published.
     """
     client = connect(settings)
     publisher = Publisher(client, settings)
     batch: list[Event] = []
-    bad = done_through = 0
+    bad: list[tuple[int, str]] = []
+    done_through = 0
     try:
         for number, item in parse_lines(source):
             if isinstance(item, str):
-                bad += 1
+                bad.append((number, item))
                 err_console.print(f"line {number}: {escape(item)}", highlight=False)
                 continue
             batch.append(item)
@@ -143,6 +157,9 @@ def emit_command(
     file: str | None = typer.Option(
         None, "--file", "-f", help="JSON Lines file of events (`-` for stdin); each keeps its id."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the event as published, or with --file one summary object."
+    ),
 ) -> None:
     """Publish one event from arguments, or many from a JSON Lines file."""
     settings = load_settings()
@@ -159,7 +176,10 @@ def emit_command(
             fail(f"cannot read {file}: {exc.strerror}")
         with source:
             emitted, bad = run(lambda: emit_lines(settings, source))
-        skipped = f", {bad} bad lines skipped" if bad else ""
+        if as_json:
+            print_json({"emitted": emitted, "bad": len(bad),
+                        "errors": [{"line": line, "error": error} for line, error in bad]})
+        skipped = f", {len(bad)} bad lines skipped" if bad else ""
         err_console.print(f"emitted {emitted} events{skipped}", highlight=False)
         if bad:
             raise typer.Exit(EXIT_USER_ERROR)
@@ -178,7 +198,7 @@ def emit_command(
             await client.aclose()
 
     run(publish)
-    typer.echo(str(event.id))
+    typer.echo(event.to_json().decode() if as_json else str(event.id))
 
 
 def format_event(raw: bytes) -> str:
@@ -251,8 +271,12 @@ def tail_command(
 
 
 @events_app.command("schema")
-def schema_command() -> None:
+def schema_command(
+    as_json: bool = typer.Option(False, "--json",
+                                 help="Accepted for scripts: the output is JSON already."),
+) -> None:
     """Print the JSON Schema of an event."""
+    del as_json  # the same output either way
     typer.echo(orjson.dumps(event_json_schema(), option=orjson.OPT_INDENT_2).decode())
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -140,3 +142,60 @@ def test_errors_are_one_line_with_exit_codes(
     assert "Traceback" not in invalid.output
     param = cli.invoke(app, ["deployments", "run", "x", "--param", "novalue"])
     assert param.exit_code == 2
+
+
+def test_apply_pause_resume_delete_json(
+    cli: CliRunner, sync_redis: redis.Redis, runtime_env: Settings, tmp_path: Path
+) -> None:
+    shutil.copy(EXAMPLES / "flows.py", tmp_path / "flows.py")
+    shutil.copy(EXAMPLES / "deployments.yaml", tmp_path / "deployments.yaml")
+    path = str(tmp_path / "deployments.yaml")
+
+    def one(*args: str, code: int = 0) -> dict[str, Any]:
+        result = cli.invoke(app, ["deployments", *args, "--json"])
+        assert result.exit_code == code, result.output
+        [line] = result.stdout.splitlines()
+        data: dict[str, Any] = json.loads(line)
+        return data
+
+    dry = one("apply", path, "--dry-run")
+    assert dry["dry_run"] is True and dry["created"] == []
+    assert [(d["name"], d["id"], d["result"]) for d in dry["deployments"]] == [
+        ("extract-hourly", None, "valid"), ("report", None, "valid")]
+    assert sync_redis.hlen(Keys(runtime_env.prefix).deployments) == 0
+    created = one("apply", path)
+    assert created["created"] == ["extract-hourly", "report"] and created["dry_run"] is False
+    ids = {d["name"]: d["id"] for d in created["deployments"]}
+    again = one("apply", path)
+    assert again["unchanged"] == ["extract-hourly", "report"] and again["created"] == []
+    assert {d["name"]: d["id"] for d in again["deployments"]} == ids
+
+    paused = one("pause", "report")
+    assert paused == {"deployment": "report", "id": ids["report"], "paused": True,
+                      "changed": True}
+    assert one("pause", ids["report"]) == {**paused, "changed": False}
+    assert one("resume", "report") == {**paused, "paused": False}
+    assert one("resume", "report")["changed"] is False
+    assert one("delete", "report") == {"deployment": "report", "id": ids["report"],
+                                       "deleted": True}
+    missing = cli.invoke(app, ["deployments", "delete", "report", "--json"])
+    assert missing.exit_code == 3 and missing.stdout == ""
+
+
+def test_apply_json_errors_are_objects_on_stdout(cli: CliRunner, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deployments:\n  - name: x\n    entrypoint: not-an-entrypoint\n"
+                   "  - name: y\n    entrypoint: flows.py:nothing\n  - name: y\n"
+                   "    entrypoint: flows.py:nothing\n")
+    result = cli.invoke(app, ["deployments", "apply", str(bad), "--json"])
+    assert result.exit_code == 2
+    errors = json.loads(result.stdout)["errors"]
+    assert all(e["file"] == str(bad) for e in errors)
+    assert errors[0]["path"] == "deployments[0].entrypoint" and errors[0]["deployment"] is None
+    assert errors[1]["path"] == "deployments[1]" and errors[1]["deployment"] == "y"
+    assert "invalid deployments:" in result.stderr
+    missing = cli.invoke(app, ["deployments", "apply", str(tmp_path / "none.yaml"), "--json"])
+    assert missing.exit_code == 2
+    assert json.loads(missing.stdout) == {"errors": [{
+        "file": str(tmp_path / "none.yaml"), "deployment": None, "path": None,
+        "message": "no such file"}]}
