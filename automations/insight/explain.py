@@ -152,13 +152,13 @@ class AutomationState(BaseModel):
 
 async def explain_event(
     redis: aioredis.Redis, keys: Keys, automations: Sequence[Automation], target: str,
-    now: datetime,
+    now: datetime, *, decisions: int = SCAN_DECISIONS,
 ) -> EventExplanation:
     """``target``: an event id or an events-stream entry id. ``NotFound`` when neither the
-    decision log nor the last ``SCAN_EVENTS`` events hold it; ``InvalidEvent`` when ``target``
-    is neither form."""
+    decision log (its newest ``decisions`` entries) nor the last ``SCAN_EVENTS`` events hold
+    it; ``InvalidEvent`` when ``target`` is neither form."""
     notes: list[str] = []
-    entry_id, raw, decision = await _locate(redis, keys, target.strip())
+    entry_id, raw, decision = await _locate(redis, keys, target.strip(), decisions)
     event: Event | None = None
     if raw is not None:
         try:
@@ -201,7 +201,7 @@ def is_event_target(target: str) -> bool:
 
 
 async def _locate(
-    redis: aioredis.Redis, keys: Keys, target: str
+    redis: aioredis.Redis, keys: Keys, target: str, scan: int = SCAN_DECISIONS
 ) -> tuple[str | None, bytes | None, Decision | None]:
     """(events-stream entry id, raw event JSON, decision) of ``target``."""
     if STREAM_ID.fullmatch(target):
@@ -210,14 +210,14 @@ async def _locate(
             raise NotFound(f"no entry {target} in the events stream {keys.events}")
         fields = found[0][1]
         event_id = fields.get(b"id", b"").decode()
-        decision = await _find_decision(redis, keys, event_id) if event_id else None
+        decision = await _find_decision(redis, keys, event_id, scan) if event_id else None
         return target, fields.get(b"data"), decision
     try:
         event_id = str(UUID(target))
     except ValueError:
         raise InvalidEvent(f"{target!r} is neither an event id (a UUID) nor a stream entry id "
                            "(like 1767268800000-0)") from None
-    decision = await _find_decision(redis, keys, event_id)
+    decision = await _find_decision(redis, keys, event_id, scan)
     if decision is not None and decision.entry:
         found = await redis.xrange(keys.events, min=decision.entry, max=decision.entry, count=1)
         if found:
@@ -225,14 +225,15 @@ async def _locate(
     located = await _scan_events(redis, keys, event_id)
     if located is None and decision is None:
         raise NotFound(
-            f"event {event_id} not found: not in the decision log (last {SCAN_DECISIONS:,} "
+            f"event {event_id} not found: not in the decision log (last {scan:,} "
             f"entries) nor in the last {SCAN_EVENTS:,} entries of the events stream")
     entry_id, raw = located if located else (None, None)
     return entry_id, raw, decision
 
 
-async def _find_decision(redis: aioredis.Redis, keys: Keys, event_id: str) -> Decision | None:
-    async for decision in read_back(redis, keys, scan=SCAN_DECISIONS, chunk=CHUNK):
+async def _find_decision(redis: aioredis.Redis, keys: Keys, event_id: str,
+                         scan: int = SCAN_DECISIONS) -> Decision | None:
+    async for decision in read_back(redis, keys, scan=scan, chunk=CHUNK):
         if decision.event_id == event_id:
             return decision
     return None
@@ -355,10 +356,12 @@ async def _trigger_verdict(
 
 
 async def explain_automation(
-    redis: aioredis.Redis, keys: Keys, automation: Automation, now: datetime
+    redis: aioredis.Redis, keys: Keys, automation: Automation, now: datetime, *,
+    decisions: int = SCAN_DECISIONS,
 ) -> AutomationState:
     """Open buckets and proactive deadlines, the last events that counted and the last near
-    misses (decision log), the last firings (outbox, with actions from the history)."""
+    misses (the newest ``decisions`` entries of the decision log), the last firings (outbox,
+    with actions from the history)."""
     aid = str(automation.id)
     specs = window_specs(automation.id, automation.trigger, keys)
     window = _window(redis, keys)
@@ -366,7 +369,7 @@ async def explain_automation(
     counted: list[DecisionRef] = []
     missed: list[DecisionRef] = []
     scanned = 0
-    async for decision in read_back(redis, keys, scan=SCAN_DECISIONS, chunk=CHUNK):
+    async for decision in read_back(redis, keys, scan=decisions, chunk=CHUNK):
         scanned += 1
         for ids, found in ((decision.counted, counted), (decision.missed, missed)):
             if aid in ids and len(found) < RECENT:
