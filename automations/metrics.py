@@ -86,6 +86,26 @@ class Metrics:
         self.redis_up = Gauge(
             "automations_redis_up", "1 when the last PING or scrape-time read of Redis "
             "succeeded, else 0.", registry=r)
+        self.prefect_events = Counter(
+            "automations_prefect_bridge_events", "Prefect events the bridge handled, by path "
+            "(live: the websocket; reconcile: the REST pass) and outcome (published, "
+            "duplicate, echo: written back by this engine, invalid).", ["path", "outcome"],
+            registry=r)
+        self.prefect_lag = Gauge(
+            "automations_prefect_bridge_lag_seconds", "From the `occurred` of the latest "
+            "event the bridge published live to its publication.", registry=r)
+        self.prefect_cursor_age = Gauge(
+            "automations_prefect_bridge_cursor_age_seconds", "How far behind now the bridge's "
+            "reconciled watermark is (grows while Prefect is unreachable).", registry=r)
+        self.prefect_connected = Gauge(
+            "automations_prefect_bridge_connected", "1 while the bridge's websocket to "
+            "Prefect is subscribed.", registry=r)
+        self.prefect_reconciles = Counter(
+            "automations_prefect_bridge_reconciles", "Reconciliation passes, by outcome "
+            "(completed, failed).", ["outcome"], registry=r)
+        self.prefect_written_back = Counter(
+            "automations_prefect_written_back", "Automation events written back to Prefect.",
+            registry=r)
         ProcessCollector(namespace="automations", registry=r)
         self._reading = anyio.Lock()
         self._firings: dict[str, Counter] = {}
