@@ -28,6 +28,8 @@ from automations.connection import (
     redis_url,
     unreachable_hint,
 )
+from automations.console.app import console_server
+from automations.console.security import InsecureBind
 from automations.dispatch.dispatcher import Dispatcher
 from automations.dispatch.ports import Ports
 from automations.engine.engine import Engine
@@ -35,6 +37,9 @@ from automations.engine.timer import ProactiveTimer
 from automations.errors import AutomationsError, BusUnavailable
 from automations.health import observability
 from automations.keys import Keys
+from automations.prefect.backend import PrefectDeployments, PrefectFlowRuns
+from automations.prefect.bridge import run_bridge
+from automations.prefect.client import client_for
 from automations.reload import follow, resync
 from automations.runtime.ports import DeploymentsAdapter, FlowRunsAdapter
 from automations.runtime.scheduler import Scheduler
@@ -84,7 +89,12 @@ async def run_timer(ctx: ServiceContext) -> None:
 
 
 def build_ports(redis: aioredis.Redis, settings: Settings, keys: Keys) -> Ports:
-    """Every port an executor may use."""
+    """Every port an executor may use: with ``prefect_api_url`` set, deployments and flow
+    runs are that Prefect server's."""
+    if settings.prefect_api_url:
+        client = client_for(settings)
+        return Ports(automations=AutomationStore(redis, keys), blocks=BlockStore(redis, keys),
+                     deployments=PrefectDeployments(client), flow_runs=PrefectFlowRuns(client))
     return Ports(automations=AutomationStore(redis, keys), blocks=BlockStore(redis, keys),
                  deployments=DeploymentsAdapter(redis, settings, keys),
                  flow_runs=FlowRunsAdapter(redis, settings, keys))
@@ -100,6 +110,11 @@ async def run_dispatcher(ctx: ServiceContext) -> None:
 async def run_scheduler(ctx: ServiceContext) -> None:
     """Create the flow runs of deployment schedules until ``ctx.stopping``."""
     await Scheduler(ctx.redis, ctx.settings, ctx.keys).run(ctx.stopping)
+
+
+async def run_prefect_bridge(ctx: ServiceContext) -> None:
+    """Bridge the events of ``prefect_api_url`` in (and ours back out) until ``ctx.stopping``."""
+    await run_bridge(ctx.redis, ctx.settings, ctx.keys, ctx.stopping)
 
 
 async def _run_service(name: str, fn: ServiceFn, ctx: ServiceContext) -> None:
@@ -131,11 +146,27 @@ async def _cancel_when_set(stopping: anyio.Event, scope: anyio.CancelScope) -> N
     scope.cancel()
 
 
+async def run_console(ctx: ServiceContext) -> None:
+    """The web console on ``ui_host:ui_port`` until ``ctx.stopping``. A port in use is one
+    WARNING and the other services go on (several ``serve`` processes share a host); a
+    non-loopback address without a token stops ``serve`` (exit code 2)."""
+    try:
+        async with console_server(ctx.settings, ctx.redis):
+            await ctx.stopping.wait()
+    except InsecureBind:
+        raise
+    except AutomationsError as exc:
+        log.warning("web console not started: %s; the other services keep running (set "
+                    "AUTOMATIONS_UI_PORT for another port)", exc)
+
+
 SERVICES: dict[str, ServiceFn] = {
     "engine": run_engine,
     "timer": run_timer,
     "dispatcher": run_dispatcher,
     "scheduler": run_scheduler,
+    "bridge": run_prefect_bridge,
+    "console": run_console,
 }
 
 

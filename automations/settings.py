@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -172,6 +172,36 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Time between SIGTERM and SIGKILL when cancelling a flow run."
     )
 
+    # Prefect interoperability (docs/prefect.md)
+    prefect_api_url: str | None = Field(
+        None,
+        description="A Prefect 3 server's API URL (`http://host:4200/api`): the bridge reads "
+        "its events, and the deployment, flow-run, work-pool and work-queue actions act on it "
+        "instead of this engine's runtime.",
+    )
+    prefect_auth_string: SecretStr | None = Field(
+        None, description="The server's `PREFECT_SERVER_API_AUTH_STRING` (`user:pass`), if set."
+    )
+    prefect_bridge_overlap_s: float = Field(
+        600.0, gt=0,
+        description="How far behind its cursor each reconciliation pass of the bridge re-reads "
+        "Prefect's events. An event that reaches Prefect while the bridge is down with an "
+        "`occurred` older than the cursor minus this is missed.",
+    )
+    prefect_bridge_startup_overlap_s: float = Field(
+        3600.0, gt=0,
+        description="The overlap of the bridge's first pass after a start (a larger window "
+        "for events that arrived late while it was down).",
+    )
+    prefect_bridge_reconcile_s: float = Field(
+        30.0, gt=0, description="How often the bridge reconciles through Prefect's REST API."
+    )
+    prefect_bridge_settle_s: float = Field(
+        10.0, ge=0,
+        description="Reconciliation reads up to now minus this: Prefect persists events about "
+        "every 5 s, so a younger window may not be complete yet.",
+    )
+
     log_level: str = Field("INFO", description="Logging level of the services.")
     log_format: Literal["text", "json"] = Field(
         "text", description="`text`, or `json`: one JSON object per line (time, level, logger, "
@@ -185,6 +215,21 @@ class Settings(BaseSettings):
         "free port, logged at start.",
     )
     metrics_host: str = Field("127.0.0.1", description="Address the metrics port listens on.")
+
+    # Web console (`serve` and `automations ui`)
+    ui_host: str = Field(
+        "127.0.0.1",
+        description="Address the web console listens on; any address but loopback needs "
+        "`ui_token`.",
+    )
+    ui_port: int = Field(
+        4200, ge=0, le=65535, description="Port of the web console (0: a free one, logged)."
+    )
+    ui_token: str | None = Field(
+        None,
+        description="Token the web console asks of every request (`Authorization: Bearer` or "
+        "its login form). Unset: no token, allowed only on a loopback address.",
+    )
 
     @property
     def redis_configured(self) -> bool:

@@ -20,6 +20,7 @@ from bench.harness import Bench, Options, RedisProcess, Row
 from bench.report import markdown
 from bench.scenarios import (
     ceiling,
+    console,
     decisions,
     durability,
     latency,
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, Scenario] = {
     "decisions": decisions.run,
     "overload": overload.run,
     "durability": durability.run,
+    "console": console.run,
 }
 
 console = Console(width=None if sys.stdout.isatty() else 1000)

@@ -5,6 +5,7 @@ Each command group lives in its own module and registers itself here.
 
 from __future__ import annotations
 
+import orjson
 import typer
 
 from automations import __version__
@@ -17,9 +18,11 @@ from automations.cli import (
     explain_cmd,
     history_cmd,
     operator_cmd,
+    prefect_cmd,
     replay_cmd,
     runs_cmd,
     serve_cmd,
+    ui_cmd,
 )
 
 app = typer.Typer(
@@ -46,9 +49,11 @@ def _root(
 
 
 @app.command()
-def version() -> None:
+def version(
+    as_json: bool = typer.Option(False, "--json", help='Print {"version": ...}.'),
+) -> None:
     """Print the version."""
-    typer.echo(__version__)
+    typer.echo(orjson.dumps({"version": __version__}).decode() if as_json else __version__)
 
 
 serve_cmd.register(app)
@@ -62,6 +67,8 @@ explain_cmd.register(app)
 history_cmd.register(app)
 dead_cmd.register(app)
 runs_cmd.register(app)
+prefect_cmd.register(app)
+ui_cmd.register(app)
 
 
 def main() -> None:

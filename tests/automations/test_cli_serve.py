@@ -23,7 +23,7 @@ def test_serve_refuses_an_unknown_service_before_starting() -> None:
     result = CliRunner().invoke(app, ["serve", "--only", "engine,enigne"],
                                 env={"AUTOMATIONS_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.exit_code == 2
-    assert "unknown service enigne; choose from engine, timer, dispatcher, scheduler" in (
+    assert "unknown service enigne; choose from engine, timer, dispatcher, scheduler, bridge" in (
         result.stderr)
 
 

@@ -17,8 +17,8 @@ from bench.redis_server import free_port
 from tests.wait import acknowledged, logged, wait_until
 
 
-def test_the_four_services_are_registered() -> None:
-    assert set(SERVICES) == {"engine", "timer", "dispatcher", "scheduler"}
+def test_the_services_are_registered() -> None:
+    assert set(SERVICES) == {"engine", "timer", "dispatcher", "scheduler", "bridge", "console"}
 
 
 def test_select_refuses_unknown_names() -> None:
