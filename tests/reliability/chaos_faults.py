@@ -271,11 +271,17 @@ def classify(earlier: list[Hit], repeat: Hit, faults: list[Done], timed_out: boo
     that acted was SIGKILLed before the repeat: between effect and record), ``stall`` (the
     process that acted, or the one repeating, was SIGSTOPped in between: a stale executor),
     ``redis`` (Redis was killed in between), else ``unexplained``. A stall is ``frozen`` when
-    the process that acted froze after acting and before recording (the crash window: past its
-    lease it cannot be told from a dead one, so the action is taken over), and ``stall`` when
-    the repeat came from a stale executor after it resumed, which the leases must prevent."""
+    the process froze mid-action, after its last lease check: having acted and not yet
+    recorded (past its lease it cannot be told from a dead one, so the action is taken over),
+    or with its request on the way (it leaves the moment the process resumes); ``stall`` when
+    a stale executor started a copy after it resumed, which the leases must prevent."""
     if timed_out or any(h.answer == "late" for h in earlier):
         return "timeout"
+    if any(d.kind == "stall" and d.pid == repeat.sender and 0 <= repeat.at - d.end <= 0.2
+           for d in faults):
+        # the resumed executor's request left at once: it was past its last lease check when
+        # it froze (mid-request), not a copy started after resuming (which re-checks the lease)
+        return "frozen"
     for hit in earlier:
         if any(d.kind == "stall" and d.pid == hit.sender and d.pid != repeat.sender
                # (a request written just before the freeze may arrive just after it)
