@@ -39,7 +39,7 @@ def spawn(procs: list[subprocess.Popen[str]], redis_url: str, prefix: str, name:
     }
     procs.append(subprocess.Popen(
         [EXE, "serve", "--only", "engine"], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,  # (an unread pipe would block)
     ))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -154,6 +155,8 @@ def test_flow_survives_redis_down_and_flushes_when_it_returns(
 
     @task
     def restart_redis() -> None:
+        # an outage longer than the client's own retries of a command (about 1.5 s at most)
+        time.sleep(2.5)
         own_redis.start()
 
     @flow
