@@ -170,3 +170,30 @@ def test_stats_and_stamp_helpers() -> None:
     raw = orjson.dumps({"triggering_event": {"payload": {"sent": 1764030000.25}}})
     assert sent_stamp(raw) == 1764030000.25
     assert sent_stamp(b"{}") is None
+
+
+async def test_overload_quick_holds_publishers_back_and_recovers(bench: Bench) -> None:
+    from bench.scenarios import overload
+
+    [row] = await overload.run(bench)
+    check_rows([row], "overload")
+    assert row["published"] > 0 and row["lag_after_recovery"] == 0
+    assert row["longest_stream_second_half"] > 0
+
+
+async def test_durability_quick_counts_what_a_killed_redis_kept(bench: Bench) -> None:
+    from bench.scenarios import durability
+
+    rows = await durability.run(bench)
+    check_rows(rows, "durability")
+    by_mode = {row["mode"]: row for row in rows}
+    assert by_mode["aof-always"]["lost"] == 0 and by_mode["aof-everysec"]["lost"] == 0
+    assert all(positive(row["writes_per_second"]) for row in rows)
+
+
+async def test_decisions_and_console_quick_produce_their_rows(bench: Bench) -> None:
+    from bench.scenarios import console, decisions
+
+    for name, scenario in (("decisions", decisions), ("console", console)):
+        rows = await scenario.run(bench)
+        check_rows(rows, name)
