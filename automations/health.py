@@ -15,22 +15,21 @@ uvicorn's own signal handlers are left out (the service watches SIGTERM and stop
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 import redis.asyncio as aioredis
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from automations.connection import connect
-from automations.errors import AutomationsError
+from automations.http_serving import bind, serving, shown
 from automations.metrics import Metrics, metrics_scope
 from automations.settings import Settings
 
@@ -40,7 +39,6 @@ BEAT_S = 0.5  # heartbeat of the event loop
 STALL_S = 10.0  # /healthz fails when the loop has not turned for this long
 PING_EVERY_S = 5.0  # Redis round trip sampled this often
 PROBE_TIMEOUT_S = 1.0
-STOP_TIMEOUT_S = 5.0  # requests in hand get this long after the services stopped
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -83,29 +81,6 @@ def build_app(health: Health) -> Starlette:
                              Route("/readyz", readyz)])
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: SIGTERM belongs to the service."""
-
-    @contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (port 0: a free one); a clear error when it cannot be had."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise AutomationsError(f"cannot listen on {host}:{port} for metrics: {exc}") from None
-    sock.setblocking(False)
-    return sock
-
-
 @asynccontextmanager
 async def observability(
     settings: Settings, streams: Sequence[str], dead_streams: Sequence[str] = (),
@@ -132,36 +107,17 @@ async def observability(
 async def health_server(health: Health, host: str, port: int) -> AsyncIterator[int]:
     """Serve the endpoints on ``host:port`` while the block runs; yields the bound port.
     On exit the server stops taking connections and finishes the requests in hand."""
-    sock = bind(host, port)
+    sock = bind(host, port, "metrics")
     bound: int = sock.getsockname()[1]
-    config = uvicorn.Config(build_app(health), log_config=None, log_level="warning",
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-    server = _Server(config)
-    served = anyio.Event()
+    log.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", shown(host), bound)
 
-    async def run_server() -> None:
-        try:
-            await server.serve([sock])
-        finally:
-            served.set()
+    def stopped() -> None:
+        health.started = False
 
-    shown = f"[{host}]" if ":" in host else host
-    log.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)", shown, bound)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_heartbeat, health)
-            tg.start_soon(_sample_rtt, health)
-            tg.start_soon(run_server)
-            try:
-                yield bound
-            finally:
-                health.started = False
-                server.should_exit = True  # uvicorn looks every 0.1 s
-                with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
-                    await served.wait()
-                tg.cancel_scope.cancel()
-    finally:
-        sock.close()
+    async with serving(build_app(health), sock, grace_s=2,
+                       beside=[partial(_heartbeat, health), partial(_sample_rtt, health)],
+                       on_stop=stopped):
+        yield bound
 
 
 async def _heartbeat(health: Health) -> None:

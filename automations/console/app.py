@@ -14,13 +14,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
-import anyio
 import jinja2
 import redis.asyncio as aioredis
-import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -36,7 +35,7 @@ from automations.console.commands import errors_json
 from automations.console.context import Console
 from automations.errors import AutomationsError, InvalidAutomation, NotFound
 from automations.events import utcnow
-from automations.health import _Server, bind
+from automations.http_serving import bind, serving, shown
 from automations.insight.dead_letters import CannotRedrive
 from automations.runtime.deployment_files import InvalidDeployment
 from automations.settings import Settings
@@ -45,7 +44,6 @@ from automations.store import InvalidStoredAutomation
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-STOP_TIMEOUT_S = 3.0
 
 
 class Timing:
@@ -125,39 +123,13 @@ async def console_server(settings: Settings, redis: aioredis.Redis, *, host: str
     host = settings.ui_host if host is None else host
     port = settings.ui_port if port is None else port
     security.check_bind(host, settings.ui_token)
-    try:
-        sock = bind(host, port)
-    except AutomationsError as exc:
-        raise AutomationsError(str(exc).replace("for metrics", "for the web console")) from None
+    sock = bind(host, port, "the web console")
     bound: int = sock.getsockname()[1]
     console = Console(settings, redis)
-    config = uvicorn.Config(build_app(console), log_config=None, log_level="warning",
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-    server = _Server(config)
-    served = anyio.Event()
-
-    async def run_server() -> None:
-        try:
-            await server.serve([sock])
-        finally:
-            served.set()
-
-    shown = f"[{host}]" if ":" in host else host
-    log.info("web console on http://%s:%d/%s", shown, bound,
+    log.info("web console on http://%s:%d/%s", shown(host), bound,
              " (token required)" if settings.ui_token else "")
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(warm, console)
-            tg.start_soon(run_server)
-            try:
-                yield bound
-            finally:
-                server.should_exit = True
-                with anyio.move_on_after(STOP_TIMEOUT_S, shield=True):
-                    await served.wait()
-                tg.cancel_scope.cancel()
-    finally:
-        sock.close()
+    async with serving(build_app(console), sock, grace_s=1, beside=[partial(warm, console)]):
+        yield bound
 
 
 async def warm(console: Console) -> None:
