@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from automations.dispatch.dispatcher import Dispatcher
 from automations.keys import Keys
+from automations.service import build_ports
 from automations.settings import Settings
+from automations.store import AutomationStore
 from bench.redis_server import RedisServer
 from tests.automations.engine_harness import Clock, Harness
 from tests.sinks import http_sink as http_sink  # fixtures of real HTTP/SMTP sinks
@@ -78,6 +81,29 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+# The dispatcher tests' fixtures (a module may override ``fast``).
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    """Settings with quick retries and short timeouts."""
+    return settings.model_copy(update={
+        "action_retry_base_s": 0.05, "action_retry_max_s": 0.2, "action_timeout_s": 3.0,
+        "action_max_attempts": 3, "action_retry_poll_s": 0.05,
+    })
+
+
+@pytest.fixture
+def store(redis: aioredis.Redis, keys: Keys) -> AutomationStore:
+    return AutomationStore(redis, keys)
+
+
+@pytest.fixture
+async def dispatcher(
+    redis: aioredis.Redis, fast: Settings, keys: Keys
+) -> AsyncIterator[Dispatcher]:
+    async with Dispatcher(redis, fast, ports=build_ports(redis, fast, keys), keys=keys) as d:
+        yield d
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ action to a real HTTP sink; ``automations dead ...`` through the CLI."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,7 +21,6 @@ from automations.errors import NotFound
 from automations.insight.dead_letters import dead_key, dead_streams, find, read, redrive
 from automations.insight.history import DEAD, EXECUTED, read_history
 from automations.keys import Keys
-from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
 from tests.actions.stories import automation, disk_event, fire, stored
@@ -39,18 +37,6 @@ def fast(settings: Settings) -> Settings:
         "action_retry_base_s": 0.02, "action_retry_max_s": 0.05, "action_timeout_s": 3.0,
         "action_max_attempts": 2, "action_retry_poll_s": 0.05,
     })
-
-
-@pytest.fixture
-def store(redis: aioredis.Redis, keys: Keys) -> AutomationStore:
-    return AutomationStore(redis, keys)
-
-
-@pytest.fixture
-async def dispatcher(redis: aioredis.Redis, fast: Settings, keys: Keys
-                     ) -> AsyncIterator[Dispatcher]:
-    async with Dispatcher(redis, fast, ports=build_ports(redis, fast, keys), keys=keys) as d:
-        yield d
 
 
 @pytest.fixture

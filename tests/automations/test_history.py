@@ -3,7 +3,6 @@ each action's outcome; ``read_history`` and ``automations history`` read it back
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,18 +40,6 @@ def fast(settings: Settings) -> Settings:
         "action_retry_base_s": 0.02, "action_retry_max_s": 0.05, "action_timeout_s": 3.0,
         "action_max_attempts": 2, "action_retry_poll_s": 0.05,
     })
-
-
-@pytest.fixture
-def store(redis: aioredis.Redis, keys: Keys) -> AutomationStore:
-    return AutomationStore(redis, keys)
-
-
-@pytest.fixture
-async def dispatcher(redis: aioredis.Redis, fast: Settings, keys: Keys
-                     ) -> AsyncIterator[Dispatcher]:
-    async with Dispatcher(redis, fast, ports=build_ports(redis, fast, keys), keys=keys) as d:
-        yield d
 
 
 def outcomes(record: Any) -> list[tuple[str, str]]:

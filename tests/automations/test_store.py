@@ -29,11 +29,6 @@ def make(name: str = "a", *, expect: str = "x.y", threshold: int = 1, **extra: A
         "actions": [{"type": "do-nothing"}], **extra})
 
 
-@pytest.fixture
-def store(redis: aioredis.Redis, keys: Keys) -> AutomationStore:
-    return AutomationStore(redis, keys)
-
-
 async def log_entries(store: AutomationStore) -> list[AutomationChange]:
     return await store.read_changes("0-0")
 
