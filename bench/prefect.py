@@ -70,22 +70,25 @@ async def install(timeout: float = 300.0) -> float:
 
 
 class PrefectServer:
-    """``prefect server start`` on 127.0.0.1 (a fresh SQLite database in ``HOME``), stopped by
+    """``prefect server start`` on 127.0.0.1 (a fresh SQLite database in ``HOME/<port>``, so
+    servers started at the same time do not share or delete each other's), stopped by
     its process group."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = CACHE_DIR / "prefect-server.log"
+        self.home = HOME / str(self.port)
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
     async def start(self, timeout: float = 90.0) -> float:
-        shutil.rmtree(HOME, ignore_errors=True)  # a fresh database each run: no leftovers
-        HOME.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PREFECT_HOME": str(HOME),
+        home = self.home
+        shutil.rmtree(home, ignore_errors=True)  # a fresh database each run: no leftovers
+        home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PREFECT_HOME": str(home),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
                "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
         start = time.perf_counter()
@@ -118,6 +121,7 @@ class PrefectServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self.proc = None
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class PrefectClient:

@@ -167,10 +167,11 @@ class PrefectFlowRuns:
     async def resume(self, flow_run_id: UUID) -> dict[str, Any]:
         reply = await _call(self.client, "POST", f"/flow_runs/{flow_run_id}/resume")
         if reply is None or reply.get("status") != "ACCEPT":
+            status = (reply or {}).get("status")
             detail = (reply or {}).get("details") or {}
-            raise PermanentError(Reason.VALIDATION, "Prefect did not resume flow run "
-                                 f"{flow_run_id}: {detail.get('reason') or detail}",
-                                 details={"prefect_detail": detail})
+            raise PermanentError(Reason.VALIDATION, f"Prefect answered {status} to resuming "
+                                 f"flow run {flow_run_id}: {detail.get('reason') or detail}",
+                                 details={"prefect_status": status, "prefect_detail": detail})
         return dict(reply.get("state") or {})
 
 

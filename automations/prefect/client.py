@@ -66,9 +66,18 @@ def _detail(response: httpx.Response) -> Any:
         body = response.json()
     except ValueError:
         return response.text[:500]
-    if isinstance(body, dict):
-        return body.get("detail") or body.get("exception_message") or body
-    return body
+    if not isinstance(body, dict):
+        return body
+    if body.get("detail"):
+        return body["detail"]
+    # 422: the message is generic, the field errors say what was wrong; the echoed
+    # ``request_body`` is left out (it may hold secrets)
+    problems = [f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}"
+                for e in body.get("exception_detail") or [] if isinstance(e, dict)]
+    message = body.get("exception_message")
+    if message and problems:
+        return f"{message} {'; '.join(problems)}"
+    return message or {k: v for k, v in body.items() if k != "request_body"}
 
 
 class PrefectClient:
