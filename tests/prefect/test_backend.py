@@ -48,7 +48,8 @@ async def test_our_actions_act_on_prefect_deployments(
             {"type": "run-deployment", "deployment": f"{flow}/missing"},
             {"type": "pause-deployment", "deployment_id": deployment_id}]),
         on(f"{go}.resume", "resume it", [
-            {"type": "resume-deployment", "source": "inferred"}]),
+            {"type": "resume-deployment", "source": "inferred"},
+            {"type": "run-deployment", "source": "inferred", "parameters": {"n": 7}}]),
     ])
     configured = settings.model_copy(update={"prefect_api_url": prefect_api})
     stopping = anyio.Event()
@@ -74,6 +75,14 @@ async def test_our_actions_act_on_prefect_deployments(
                          what="the deployment resumed")
         deployment = await rest(prefect_api, "GET", f"/deployments/{deployment_id}")
         assert deployment["paused"] is False
+
+        async def inferred_run() -> list[dict[str, Any]] | None:
+            found = await flow_runs_of(prefect_api, deployment_id)
+            return found if len(found) == 2 else None
+
+        runs = await wait_until(inferred_run, timeout=90,
+                                what="run-deployment (inferred) created a second run")
+        assert sorted(r["parameters"].get("n") for r in runs) == [4, 7]
         stopping.set()
 
 
