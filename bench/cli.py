@@ -20,7 +20,6 @@ from bench.harness import Bench, Options, RedisProcess, Row
 from bench.report import markdown
 from bench.scenarios import (
     ceiling,
-    console,
     decisions,
     durability,
     latency,
@@ -28,9 +27,11 @@ from bench.scenarios import (
     overload,
     peer,
     proactive,
+    realistic,
     scaleout,
     throughput,
 )
+from bench.scenarios import console as console_scenario
 
 Scenario = Callable[[Bench], Awaitable[list[Row]]]
 
@@ -45,7 +46,8 @@ SCENARIOS: dict[str, Scenario] = {
     "decisions": decisions.run,
     "overload": overload.run,
     "durability": durability.run,
-    "console": console.run,
+    "console": console_scenario.run,
+    "realistic": realistic.run,
 }
 
 console = Console(width=None if sys.stdout.isatty() else 1000)

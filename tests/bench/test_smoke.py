@@ -197,3 +197,17 @@ async def test_decisions_and_console_quick_produce_their_rows(bench: Bench) -> N
     for name, scenario in (("decisions", decisions), ("console", console)):
         rows = await scenario.run(bench)
         check_rows(rows, name)
+
+
+async def test_realistic_quick_drains_flow_runs_and_fires(bench: Bench) -> None:
+    from bench.scenarios import realistic
+
+    rows = await realistic.run(bench)
+    check_rows(rows, "realistic")
+    measured = [r for r in rows if "events_per_second" in r]
+    assert [(r["automations"], r["decision_log"]) for r in measured] == [
+        (100, "on"), (1_000, "on"), (100, "off"), (1_000, "off")]
+    assert all(r["events"] == 2_000 and positive(r["events_per_second"]) for r in measured)
+    assert all(r["firings"] > 0 and positive(r["redis_cpu_us_per_event"]) for r in measured[1::2])
+    assert measured[1]["firings"] == measured[3]["firings"]  # the log changes no decision
+    assert all(positive(r["ratio"]) for r in rows if "ratio" in r)
