@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -129,16 +129,6 @@ def test_block_names_are_not_asked_for_when_no_action_names_one(tmp_path: Path) 
 
 
 # -- the CLI against a real Redis ------------------------------------------------------
-
-
-@pytest.fixture
-def env(redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
-    yield {"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix}
-    client = redis.Redis.from_url(redis_url)
-    found = list(client.scan_iter(match=f"{prefix}:*"))
-    if found:
-        client.delete(*found)
-    client.close()
 
 
 def invoke(env: dict[str, str], *args: str | Path, code: int = 0) -> Result:

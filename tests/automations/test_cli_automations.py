@@ -4,18 +4,17 @@ resume, delete, validate, schema, and their error exits."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from automations.cli.app import app
 from automations.cli.common import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USER_ERROR
 from bench.redis_server import free_port
+from tests.automations.documents import write
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "prefect"
 
@@ -24,33 +23,6 @@ def automation(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "trigger": {"expect": ["prefect.flow-run.Failed"], "threshold": 3,
                                       "within": 600, "for_each": ["prefect.resource.id"]},
             "actions": [{"type": "do-nothing"}], **extra}
-
-
-@pytest.fixture
-def env(redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
-    yield {"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix}
-    client = redis.Redis.from_url(redis_url)
-    found = list(client.scan_iter(match=f"{prefix}:*"))
-    if found:
-        client.delete(*found)
-    client.close()
-
-
-@pytest.fixture
-def cli(env: dict[str, str]) -> Any:
-    runner = CliRunner()
-
-    def invoke(*args: str | Path, code: int = 0) -> Result:
-        result = runner.invoke(app, [str(a) for a in args], env=env)
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
-
-
-def write(path: Path, document: Any) -> Path:
-    path.write_text(json.dumps(document) if path.suffix == ".json" else yaml.safe_dump(document))
-    return path
 
 
 def test_apply_prints_a_summary_and_is_idempotent(cli: Any, tmp_path: Path) -> None:

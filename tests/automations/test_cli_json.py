@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
-import yaml
 from typer.testing import CliRunner, Result
 
 from automations import __version__
@@ -20,6 +17,7 @@ from automations.cli.common import EXIT_NOT_FOUND, EXIT_USER_ERROR
 from automations.events import Event
 from automations.keys import Keys
 from bench.redis_server import free_port
+from tests.automations.documents import write
 
 
 def automation(name: str, **extra: Any) -> dict[str, Any]:
@@ -31,38 +29,12 @@ NEVER_FIRES = {"posture": "Proactive", "expect": ["x"], "for_each": ["prefect.re
                "within": 60}
 
 
-@pytest.fixture
-def env(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[dict[str, str]]:
-    yield {"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix,
-           "AUTOMATIONS_DATA_DIR": str(tmp_path / "data")}
-    client = redis.Redis.from_url(redis_url)
-    found = list(client.scan_iter(match=f"{prefix}:*"))
-    if found:
-        client.delete(*found)
-    client.close()
-
-
-@pytest.fixture
-def cli(env: dict[str, str]) -> Any:
-    def invoke(*args: str | Path, code: int = 0, stdin: str | None = None) -> Result:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env, input=stdin)
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke
-
-
 def one_object(result: Result) -> dict[str, Any]:
     """stdout is exactly one JSON object on one line."""
     [line] = result.stdout.splitlines()
     data = json.loads(line)
     assert isinstance(data, dict)
     return data
-
-
-def write(path: Path, document: Any) -> Path:
-    path.write_text(json.dumps(document) if path.suffix == ".json" else yaml.safe_dump(document))
-    return path
 
 
 def test_apply_json_reports_names_by_outcome(cli: Any, tmp_path: Path) -> None:

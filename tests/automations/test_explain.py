@@ -3,13 +3,10 @@ side (``insight.explain``) and the CLI (JSON keys, exit codes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import orjson
-import pytest
-import redis as sync_redis
 from typer.testing import CliRunner
 
 from automations.cli.app import app
@@ -165,16 +162,6 @@ async def test_retention_is_bounded(redis: Any, settings: Settings, clock: Clock
 
 
 # -- the CLI ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def env(redis_url: str, prefix: str) -> Iterator[dict[str, str]]:
-    yield {"AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix}
-    client = sync_redis.Redis.from_url(redis_url)
-    found = list(client.scan_iter(match=f"{prefix}:*"))
-    if found:
-        client.delete(*found)
-    client.close()
 
 
 async def cli(env: dict[str, str], *args: str, code: int = 0) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +12,12 @@ import yaml
 from automations.errors import InvalidAutomation, InvalidAutomations
 from automations.loader import field_path, file_schema, load_files, load_sources, parse_document
 from automations.models import Automation
+from tests.automations.documents import write
 
 PREFECT = Path(__file__).parent.parent / "fixtures" / "prefect"
 PREFECT_FILES = sorted(p for p in PREFECT.iterdir() if p.suffix in {".json", ".yaml"})
 
 GOOD = {"name": "good", "trigger": {"expect": ["a.b"]}, "actions": [{"type": "do-nothing"}]}
-
-
-def write(path: Path, document: Any) -> Path:
-    if path.suffix == ".json":
-        path.write_text(json.dumps(document))
-    else:
-        path.write_text(yaml.safe_dump(document))
-    return path
 
 
 def errors_of(*paths: Path) -> list[str]:
