@@ -138,7 +138,10 @@ async def test_the_services_follow_a_sentinel_failover(
             return True
 
         await wait_until(published_after_failover, timeout=30, poll=0.5)
-        requests = await http_sink.wait_for(2, "/ha", timeout=30)
-        assert [r.json()["event"] for r in requests][-1] == "ha.after"
+        # (ha.before may arrive again: its record could not be written while the master was
+        # away past the test's short claim idle, a documented repeat window)
+        await wait_until(lambda: any(r.json()["event"] == "ha.after"
+                                     for r in http_sink.received("/ha")),
+                         timeout=30, what="ha.after delivered through the new master")
         stopping.set()
     await client.aclose()
