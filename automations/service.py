@@ -134,7 +134,7 @@ async def run_observed(settings: Settings, component: str,
                        main: Callable[[], Coroutine[object, object, None]]) -> None:
     """``main`` (the worker) with metrics in scope, served on ``metrics_port`` when set, and
     its Redis outages logged as one."""
-    async with observability(settings, *watched_streams(Keys(settings.prefix))) as health:
+    async with observability(settings, *watched_streams(Keys.from_settings(settings))) as health:
         with outage_scope(component, log):
             if health is not None:
                 health.started = True
@@ -229,7 +229,7 @@ async def serve(
     chosen = select(only, services if services is not None else SERVICES)
     stopping = stopping or anyio.Event()
     client = connect(settings)
-    ctx = ServiceContext(settings, client, Keys(settings.prefix), stopping)
+    ctx = ServiceContext(settings, client, Keys.from_settings(settings), stopping)
     url = display_url(redis_url(settings))
     try:
         async with observability(settings, *watched_streams(ctx.keys), stopping) as health, \

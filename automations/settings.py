@@ -48,6 +48,16 @@ class Settings(BaseSettings):
         "(false: always the embedded Redis, e.g. when that Redis belongs to something else).",
     )
     prefix: str = Field("automations", description="Prefix of every Redis key and stream.")
+    partitions: int = Field(
+        1, ge=1, le=1024,
+        description="Partitions of the window state, dedupe markers, deadlines and outbox, "
+        "set at install time (every process of an installation must agree; the first engine "
+        "records it). Each is one Redis Cluster slot: use at least the number of masters.",
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="Connect with the Redis Cluster client; `redis_url` names any node.",
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the embedded Redis keeps its files.",
@@ -252,3 +262,11 @@ class Settings(BaseSettings):
         if url and not url.startswith(REDIS_SCHEMES):
             raise ValueError(f"must start with {', '.join(REDIS_SCHEMES)}")
         return url
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_without_braces(cls, prefix: str) -> str:
+        """Braces in a key name are Redis Cluster hash tags, which the layout sets itself."""
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError("must be non-empty, without { or } (the key layout's hash tags)")
+        return prefix

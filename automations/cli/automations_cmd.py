@@ -227,7 +227,7 @@ class BlockCheck:
             client = connect(settings)
             try:
                 with anyio.fail_after(self.wait_s):
-                    return await known_blocks(client, Keys(settings.prefix))
+                    return await known_blocks(client, Keys.from_settings(settings))
             finally:
                 await client.aclose()
 
@@ -299,7 +299,7 @@ def _with_store(fn: Callable[[AutomationStore], Awaitable[T]],
     async def main() -> T:
         redis = connect(settings)
         try:
-            return await fn(AutomationStore(redis, Keys(settings.prefix)))
+            return await fn(AutomationStore(redis, Keys.from_settings(settings)))
         finally:
             await redis.aclose()
 

@@ -43,7 +43,7 @@ def _with_blocks(fn: Callable[[BlockStore], Awaitable[T]]) -> T:
     async def go() -> T:
         client = connect(settings)
         try:
-            return await fn(BlockStore(client, Keys(settings.prefix)))
+            return await fn(BlockStore(client, Keys.from_settings(settings)))
         finally:
             await client.aclose()
 

@@ -56,7 +56,7 @@ def _with_redis(fn: Callable[[aioredis.Redis, Keys], Awaitable[T]]) -> T:
     async def main() -> T:
         client = connect(settings)
         try:
-            return await fn(client, Keys(settings.prefix))
+            return await fn(client, Keys.from_settings(settings))
         finally:
             await client.aclose()
 

@@ -97,7 +97,7 @@ def apply_cmd(
             return
         client = connect(settings)
         try:
-            applied = await DeploymentStore(client, Keys(settings.prefix)).apply(found)
+            applied = await DeploymentStore(client, Keys.from_settings(settings)).apply(found)
         finally:
             await client.aclose()
         if as_json:
@@ -143,7 +143,7 @@ def ls_cmd(as_json: JsonOpt = False) -> None:
     async def main() -> None:
         client = connect(settings)
         try:
-            deployments = await DeploymentStore(client, Keys(settings.prefix)).all()
+            deployments = await DeploymentStore(client, Keys.from_settings(settings)).all()
         finally:
             await client.aclose()
         if as_json:
@@ -176,7 +176,7 @@ def inspect_cmd(
     async def main() -> None:
         client = connect(settings)
         try:
-            dep = await DeploymentStore(client, Keys(settings.prefix)).resolve(name)
+            dep = await DeploymentStore(client, Keys.from_settings(settings)).resolve(name)
         finally:
             await client.aclose()
         if as_yaml:
@@ -203,7 +203,7 @@ def run_cmd(
     async def main() -> None:
         client = connect(settings)
         try:
-            keys = Keys(settings.prefix)
+            keys = Keys.from_settings(settings)
             dep = await DeploymentStore(client, keys).resolve(name)
             note = check_run_parameters(dep, params)
             if note:
@@ -229,7 +229,7 @@ def _set_paused(name: str, paused: bool, *, as_json: bool) -> None:
     async def main() -> None:
         client = connect(settings)
         try:
-            store = DeploymentStore(client, Keys(settings.prefix))
+            store = DeploymentStore(client, Keys.from_settings(settings))
             dep: Deployment = await store.resolve(name)
             changed = dep.paused != paused
             if changed:
@@ -269,7 +269,7 @@ def delete_cmd(name: NameArg, as_json: JsonFlag = False) -> None:
     async def main() -> None:
         client = connect(settings)
         try:
-            dep = await DeploymentStore(client, Keys(settings.prefix)).delete(name)
+            dep = await DeploymentStore(client, Keys.from_settings(settings)).delete(name)
         finally:
             await client.aclose()
         if as_json:

@@ -222,7 +222,7 @@ def format_event(raw: bytes) -> str:
 
 async def tail_stream(settings: Settings, *, as_json: bool, count: int | None) -> None:
     client = connect(settings)
-    stream = Keys(settings.prefix).events
+    stream = Keys.from_settings(settings).events
     shown = 0
     try:
         last = await _last_id(client, stream)

@@ -55,7 +55,7 @@ def explain(
 
     async def main() -> EventExplanation | AutomationState:
         redis = connect(settings)
-        keys = Keys(settings.prefix)
+        keys = Keys.from_settings(settings)
         store = AutomationStore(redis, keys)
         try:
             now = utcnow()

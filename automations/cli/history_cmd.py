@@ -79,7 +79,7 @@ def history_command(
 
     async def main() -> list[FiringRecord]:
         client = connect(settings)
-        keys = Keys(settings.prefix)
+        keys = Keys.from_settings(settings)
         try:
             automation_id = None if name is None else await _automation_id(client, keys, name)
             return await read_history(client, keys, automation_id=automation_id, since=start,

@@ -92,7 +92,7 @@ def import_prefect(
         client = client_for(settings)
         redis = connect(settings)
         try:
-            return await import_automations(client, redis, Keys(settings.prefix),
+            return await import_automations(client, redis, Keys.from_settings(settings),
                                             take_over=take_over)
         finally:
             await client.aclose()

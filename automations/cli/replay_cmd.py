@@ -106,7 +106,7 @@ def _file_events(source: str, start: datetime | None,
 async def _stored(settings: Settings) -> list[Automation]:
     redis = connect(settings)
     try:
-        return await AutomationStore(redis, Keys(settings.prefix)).all()
+        return await AutomationStore(redis, Keys.from_settings(settings)).all()
     finally:
         await redis.aclose()
 
@@ -115,7 +115,7 @@ async def _from_stream(
     settings: Settings, given: list[Automation] | None, start: datetime | None, end: datetime
 ) -> tuple[list[Automation], Replay]:
     redis = connect(settings)
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     try:
         automations = given if given is not None else await AutomationStore(redis, keys).all()
         first: Any = await redis.xrange(keys.events, min=stream_bound(start, "-"), count=1)

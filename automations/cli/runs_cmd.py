@@ -34,7 +34,7 @@ def _with_store(fn: Callable[[FlowRunStore], Awaitable[T]]) -> T:
     async def main() -> T:
         client = connect(settings)
         try:
-            return await fn(FlowRunStore(client, settings, Keys(settings.prefix)))
+            return await fn(FlowRunStore(client, settings, Keys.from_settings(settings)))
         finally:
             await client.aclose()
 

@@ -27,7 +27,7 @@ class Console:
     runs: FlowRunStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = Keys(self.settings.prefix)
+        self.keys = Keys.from_settings(self.settings)
         self.store = AutomationStore(self.redis, self.keys)
         self.automations = AutomationsCache(self.store)
         self.counts = FiringCounts(self.redis, self.keys)

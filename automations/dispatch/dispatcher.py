@@ -117,7 +117,7 @@ class Dispatcher:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.ports = ports
         self.executors = dict(EXECUTORS if executors is None else executors)
         self.clock = clock

@@ -63,7 +63,7 @@ class Engine:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.clock = clock
         self._index = TriggerIndex()
         self._specs: dict[tuple[UUID, UUID], WindowSpec] = {}

@@ -17,6 +17,7 @@ import orjson
 
 from automations.engine.specs import WindowSpec
 from automations.engine.window import OpTemplate
+from automations.events import Event
 from automations.keys import Keys
 from triggers.compiled import CompiledTrigger
 from triggers.index import TriggerIndex
@@ -79,6 +80,13 @@ class Planner:
         """The triggers an event called ``name`` may interest (empty: none)."""
         return self.plan(name).steps
 
+    def match(self, event: Event) -> tuple[NamePlan, list[Step]]:
+        """The event's name plan and, of its steps, those whose resources the event covers
+        (in index order)."""
+        plan = self.plan(event.event)
+        resource, related = event.resource, event.related
+        return plan, [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
+
     def plan(self, name: str) -> NamePlan:
         plan = self._plans.get(name)
         if plan is None:
@@ -98,7 +106,7 @@ class Planner:
         return NamePlan(tuple(steps), not all(s.spec.top_level for s in steps))
 
     def _step(self, spec: WindowSpec, compiled: CompiledTrigger, name: str) -> Step:
-        keys = self.keys
+        keys = self.keys.partition(spec.partition)
         aid, tid = spec.automation_id, spec.trigger_id
         after, expect = compiled.starts_after(name), compiled.expects(name)
         prefixes = (

@@ -34,7 +34,7 @@ from uuid import UUID
 import orjson
 
 from automations.events import to_us
-from automations.keys import Keys
+from automations.keys import Keys, PartitionKeys
 from triggers.compiled import CompiledTrigger
 from triggers.models import (
     CompositeTrigger,
@@ -69,6 +69,7 @@ class WindowSpec:
     # names the spec in a script call (short, unique in the process: op templates carry it,
     # so they need no per-call numbering)
     ref: str = ""
+    partition: int = 0  # the automation's partition (``keys.partition_of``)
 
     @property
     def trigger_id(self) -> str:
@@ -87,7 +88,9 @@ class WindowSpec:
         )
 
 
-def _chain_link(automation_id: str, parent: CompositeTrigger, keys: Keys) -> dict[str, Any]:
+def _chain_link(
+    automation_id: str, parent: CompositeTrigger, keys: PartitionKeys
+) -> dict[str, Any]:
     within = -1 if parent.within is None else to_us(parent.within.total_seconds())
     return {
         "k": keys.composite(automation_id, str(parent.id)),
@@ -106,10 +109,11 @@ def immediate(trigger: EventTrigger) -> bool:
             and not trigger.after and effective_within(trigger).total_seconds() == 0)
 
 
-def window_specs(automation_id: UUID, trigger: Trigger, keys: Keys) -> list[WindowSpec]:
+def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[WindowSpec]:
     """Every event trigger of an automation, described for the window scripts (kept small:
-    every script call decodes the specs its operations use)."""
+    every script call decodes the specs its operations use); its keys are its partition's."""
     aid = str(automation_id)
+    keys = all_keys.of(automation_id)
     specs: list[WindowSpec] = []
     for ordinal, path in enumerate(all_event_triggers(trigger)):
         t = path.trigger
@@ -146,5 +150,6 @@ def window_specs(automation_id: UUID, trigger: Trigger, keys: Keys) -> list[Wind
             fires_at_once=top_level and immediate(t),
             ids_json=f'"automation_id":"{aid}","trigger_id":"{tid}"',
             ref=str(next(_REFS)),
+            partition=keys.number,
         ))
     return specs

@@ -39,7 +39,7 @@ class ProactiveTimer:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self._window = Window(redis, keys or Keys(settings.prefix), settings)
+        self._window = Window(redis, keys or Keys.from_settings(settings), settings)
         self.ticks = 0
         self.fired = 0
 

@@ -89,7 +89,7 @@ class Bridge:
         self.redis = redis
         self.settings = settings
         self.client = client
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.metrics = metrics or current_metrics()
         self.origin = settings.prefix
         widest = max(settings.prefect_bridge_overlap_s, settings.prefect_bridge_startup_overlap_s)

@@ -102,7 +102,7 @@ class FlowRunStore:
     def __init__(self, redis: aioredis.Redis, settings: Settings, keys: Keys | None = None) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self._transition = redis.register_script(TRANSITION_LUA)
         self._promote = redis.register_script(PROMOTE_LUA)
 

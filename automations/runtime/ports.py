@@ -22,7 +22,7 @@ from automations.settings import Settings
 
 class DeploymentsAdapter:
     def __init__(self, redis: aioredis.Redis, settings: Settings, keys: Keys | None = None) -> None:
-        keys = keys or Keys(settings.prefix)
+        keys = keys or Keys.from_settings(settings)
         self.store = DeploymentStore(redis, keys)
         self.runs = FlowRunStore(redis, settings, keys)
 

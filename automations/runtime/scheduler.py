@@ -33,7 +33,7 @@ class Scheduler:
     def __init__(self, redis: aioredis.Redis, settings: Settings, keys: Keys | None = None) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.deployments = DeploymentStore(redis, self.keys)
         self.runs = FlowRunStore(redis, settings, self.keys)
         self.created = 0

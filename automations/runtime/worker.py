@@ -54,7 +54,7 @@ class Worker:
                  keys: Keys | None = None, python: str = sys.executable) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = keys or Keys(settings.prefix)
+        self.keys = keys or Keys.from_settings(settings)
         self.name = settings.consumer_name
         self.concurrency = concurrency
         self.python = python

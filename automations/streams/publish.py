@@ -103,7 +103,7 @@ class Publisher:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.stream = stream or Keys(settings.prefix).events
+        self.stream = stream or Keys.from_settings(settings).events
         self.maxlen = maxlen or settings.events_maxlen
         self.published = 0
 
@@ -176,7 +176,7 @@ def emit_many(events: Iterable[EventLike], *, settings: Settings | None = None) 
     settings = settings or Settings()
     built = [build_event(e) for e in events]
     encoded = _encode(built)
-    stream = Keys(settings.prefix).events
+    stream = Keys.from_settings(settings).events
     url = redis_url(settings)
     client = connect_sync(settings)
     try:

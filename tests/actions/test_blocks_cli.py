@@ -25,7 +25,7 @@ def env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[Setting
         monkeypatch.delenv(name)
     yield settings
     client = redis.Redis.from_url(str(settings.redis_url))
-    client.delete(Keys(settings.prefix).blocks)
+    client.delete(Keys.from_settings(settings).blocks)
     client.close()
 
 

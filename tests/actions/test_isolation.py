@@ -124,7 +124,7 @@ async def test_a_redis_blip_while_an_action_fails_repeats_no_sibling(
     out the outage like the siblings' done records, and no sibling's request is repeated."""
     settings = fast.model_copy(update={"redis_url": own_redis.url, "claim_idle_ms": 20_000,
                                        "dispatch_readers": 1})
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = aioredis.Redis.from_url(own_redis.url)
     http_sink.script("/fail", Response(500, delay=0.8), Response(200))
     http_sink.script("/ok", Response(200, delay=1.2))

@@ -25,7 +25,7 @@ async def test_dispatcher_rides_out_a_redis_restart(
     own_redis: RedisServer, fast: Settings, http_sink: HttpSink, caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = fast.model_copy(update={"redis_url": own_redis.url})
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = aioredis.Redis.from_url(own_redis.url)
     store = AutomationStore(client, keys)
     [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/after"))))
@@ -55,7 +55,7 @@ async def test_effect_done_during_an_outage_is_recorded_not_repeated(
     done effect until Redis is back, instead of failing the batch (whose redelivery would
     call the webhook a second time)."""
     settings = fast.model_copy(update={"redis_url": own_redis.url, "claim_idle_ms": 10_000})
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = aioredis.Redis.from_url(own_redis.url)
     store = AutomationStore(client, keys)
     http_sink.script("/slow", Response(200, b"ok", delay=0.5))

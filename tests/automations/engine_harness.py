@@ -71,7 +71,7 @@ class Harness:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.keys = Keys(settings.prefix)
+        self.keys = Keys.from_settings(settings)
         self.clock = clock
         self.engines = [
             Engine(redis, settings, clock=clock, consumer=f"engine-{i}") for i in range(engines)

@@ -41,7 +41,7 @@ class Recorder:
 
 
 def consumer(redis: aioredis.Redis, settings: Settings, handler: Any, **kw: Any) -> StreamConsumer:
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     return StreamConsumer(redis, settings, stream=keys.events, group="g", handler=handler,
                           dead_stream=keys.dead(keys.events), **kw)
 

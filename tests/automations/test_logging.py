@@ -132,7 +132,7 @@ async def test_serve_logs_json_with_ids_and_an_outage_in_two_lines_per_service(
     own_redis: RedisServer, settings: Settings, serve_env: dict[str, str], http_sink: HttpSink,
     procs: list[subprocess.Popen[str]],
 ) -> None:
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = aioredis.Redis.from_url(own_redis.url)
     http_sink.script("/hook", Response(500))  # one attempt allowed: given up at once
     automation = Automation.model_validate({

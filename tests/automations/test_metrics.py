@@ -78,7 +78,7 @@ async def test_serve_exposes_metrics_health_and_readiness(
 ) -> None:
     port = free_port()
     settings = settings.model_copy(update={"redis_url": own_redis.url, "metrics_port": port})
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = aioredis.Redis.from_url(own_redis.url)
     await AutomationStore(client, keys).apply([Automation.model_validate({
         "name": "disk-full", "trigger": {"posture": "Reactive", "expect": ["disk.full"]},

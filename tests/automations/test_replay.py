@@ -122,7 +122,7 @@ def test_replays_stored_automations(cli: Any, settings: Settings, client: redis.
 
 def test_since_and_until_select_stream_entries(cli: Any, settings: Settings,
                                                client: redis.Redis, tmp_path: Path) -> None:
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     emit_many([failed("a"), failed("a")], settings=settings)
     last: Any = client.xrevrange(keys.events, count=1)
     last_ms = int(last[0][0].split(b"-")[0])
@@ -145,7 +145,7 @@ def test_since_and_until_select_stream_entries(cli: Any, settings: Settings,
 
 def test_undecodable_entries_are_skipped_and_counted(cli: Any, settings: Settings,
                                                      client: redis.Redis, tmp_path: Path) -> None:
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     emit(failed("a"), settings=settings)
     client.xadd(keys.events, {"data": "not json"})
     client.xadd(keys.events, {"other": "field"})
@@ -180,6 +180,6 @@ def test_events_file_mode_with_a_time_window(cli: Any, settings: Settings, clien
     stored = cli("replay", "--events", events, "--json")
     assert len(rows(stored)) == 2
     assert everything(client)[1].keys() - before[1].keys() == {
-        k.encode() for k in (Keys(settings.prefix).automations,
-                             Keys(settings.prefix).automation_names,
-                             Keys(settings.prefix).automations_log)}  # only `apply` wrote
+        k.encode() for k in (Keys.from_settings(settings).automations,
+                             Keys.from_settings(settings).automation_names,
+                             Keys.from_settings(settings).automations_log)}  # only `apply` wrote

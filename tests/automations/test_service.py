@@ -50,7 +50,7 @@ async def test_services_share_a_context_and_return_when_stopping(settings: Setti
     assert sorted(name for name, _ in seen) == ["a", "b"]
     ctx = seen[0][1]
     assert ctx is seen[1][1]
-    assert ctx.keys == Keys(settings.prefix) and ctx.settings is settings
+    assert ctx.keys == Keys.from_settings(settings) and ctx.settings is settings
 
 
 async def test_the_engine_service_consumes_and_acks_events(

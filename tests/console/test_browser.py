@@ -115,7 +115,7 @@ def send(settings: Settings, name: str, **payload: Any) -> Event:
 
 def settled(settings: Settings, timeout: float = 10.0) -> None:
     """The engine and the dispatcher have handled everything there is."""
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = redis.Redis.from_url(str(settings.redis_url))
     deadline = time.monotonic() + timeout
     try:
@@ -210,7 +210,7 @@ def test_a_firing_and_its_webhook_outcome(page: Page, stack: tuple[Running, Sett
     _, settings = stack
     secret_path = "s3cr3t-path-" + uuid.uuid4().hex
     client = redis.Redis.from_url(str(settings.redis_url))
-    client.hset(Keys(settings.prefix).blocks, "hook-url", sink.url(f"/hooked/{secret_path}"))
+    client.hset(Keys.from_settings(settings).blocks, "hook-url", sink.url(f"/hooked/{secret_path}"))
     client.close()
     api(page, "POST", "/api/automations", webhook_rule("hooked", "ui.hook", {"block": "hook-url"}))
     send(settings, "ui.hook", size=3)
@@ -266,7 +266,7 @@ def test_deployments_run_now_and_the_run_timeline(page: Page, stack: tuple[Runni
 
     async def deploy() -> None:
         client = connect(settings)
-        await DeploymentStore(client, Keys(settings.prefix)).apply([Deployment(
+        await DeploymentStore(client, Keys.from_settings(settings)).apply([Deployment(
             name="nightly-report", entrypoint="tests/runtime/flowdefs.py:adder",
             schedules=[IntervalSchedule(interval=86_400)])])
         await client.aclose()

@@ -29,7 +29,7 @@ async def hang(settings: Settings) -> None:
         announce(entries)
         await anyio.sleep_forever()
 
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = connect(settings)
     consumer = StreamConsumer(client, settings, stream=keys.events, group="engine",
                               handler=handler, dead_stream=keys.dead(keys.events),

@@ -85,7 +85,7 @@ def tls_redis(tmp_path: Path, prefix: str) -> Iterator[tuple[RedisServer, int, P
 
 async def fires_a_webhook(settings: Settings, sink: HttpSink) -> None:
     """Store a webhook automation, run every service, emit an event: the webhook is called."""
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client: aioredis.Redis = connect(settings)
     try:
         hook = CallWebhook(url=sink.url("/secure"), payload='{"event": "{{ event.id }}"}')

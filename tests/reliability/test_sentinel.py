@@ -109,7 +109,7 @@ async def test_the_services_follow_a_sentinel_failover(
     addresses = ",".join(f"127.0.0.1:{port}" for port in sentinels.ports)
     settings = settings.model_copy(update={
         "redis_url": None, "redis_sentinels": addresses, "redis_sentinel_master": MASTER})
-    keys = Keys(settings.prefix)
+    keys = Keys.from_settings(settings)
     client = connect(settings)
     hook = CallWebhook(url=http_sink.url("/ha"), payload='{"event": "{{ event.event }}"}')
     await AutomationStore(client, keys).apply([automation(
