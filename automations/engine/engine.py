@@ -1,27 +1,30 @@
 """The trigger engine: events stream -> window state in Redis -> firings (the outbox).
 
-One batch reads top to bottom (``handle_batch``): decode -> dedupe -> match -> apply ->
-(released followers) -> ack (by the ``StreamConsumer``).
+One batch reads top to bottom (``handle_batch``): decode -> order -> match -> apply per
+partition -> forget released followers -> ack (by the ``StreamConsumer``).
 
-- **decode** and **dedupe** (``intake``): orjson, the model only where a trigger may care,
-  limits; repeats of an id inside the batch are dropped (the authoritative check is in Redis).
+- **decode** (``intake``): orjson, the model only where a trigger may care, limits; repeats
+  of an id inside the batch are dropped (the authoritative check is in each partition).
+- **order** (``ordering`` + ``lua/order.lua``, global slot): holds followers whose leader has
+  not arrived, releases those of the events that arrive right after them, moves the events
+  clock. It runs while the batch is matched.
 - **match** (``plan``): per event name, the covering triggers and their static op arguments
   come precomputed (once per name); per event only the resource check and ``for_each`` keys
-  remain. One operation per (event, trigger).
-- **apply** (``window`` + ``lua/apply.lua``): one script call per batch (a batch over
-  ``OPS_PER_CALL`` operations is split, so one call never blocks Redis for long) marks each
-  event seen (SET NX on ``keys.seen(id)``), holds followers whose leader was not processed
-  (``follows``), updates every bucket and writes every firing to the outbox. Marking seen is
-  part of the same atomic step as the state change, so a crash before the script loses
-  nothing (the batch is redelivered and evaluated), a crash after it double-counts nothing
-  (the redelivered events are seen and skipped).
+  remain. One operation per (event, trigger), in its automation's partition.
+- **apply** (``window`` + ``lua/apply.lua``): per partition the batch touches, one script
+  call, all of them concurrent (a batch over ``OPS_PER_CALL`` operations is split, so one
+  call never blocks Redis for long). Each marks its events seen in its partition (SET NX),
+  updates the buckets and writes the firings to its outbox in one atomic step: a crash before
+  a call loses nothing (the batch is redelivered), a crash after it double-counts nothing
+  (the partition skips the events it has seen), whatever happened to the other partitions.
+  An event no trigger watches touches no partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -32,12 +35,12 @@ import redis.asyncio as aioredis
 from automations.backoff import Backoff
 from automations.connection import CONNECTION_ERRORS
 from automations.engine.decisions import DecisionLog
-from automations.engine.follows import FollowsOrdering
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
+from automations.engine.ordering import Ordered, Ordering, OrderResult
 from automations.engine.outbox import Announcer, automation_resource
 from automations.engine.plan import Planner, Step
 from automations.engine.specs import WindowSpec, window_specs
-from automations.engine.window import Window, WindowBatch
+from automations.engine.window import OpTemplate, Window, WindowBatch
 from automations.events import Event, utcnow
 from automations.keys import ENGINE_GROUP, Keys
 from automations.metrics import current_metrics
@@ -48,9 +51,10 @@ from triggers.index import TriggerIndex
 
 log = logging.getLogger(__name__)
 
-MAX_ROUNDS = 10_000  # apply calls per batch (each released follower chain costs one)
-OPS_PER_CALL = 2_000  # bucket operations per script call (~30-40 ms of Redis at the bench mix)
-YIELD_EVERY = 10  # events matched between yields to the event loop while a call is in flight
+OPS_PER_CALL = 2_000  # bucket operations per round of calls (~30-40 ms of Redis at the bench mix)
+YIELD_EVERY = 10  # events matched between yields to the event loop while calls are in flight
+
+Matched = list[tuple[WindowSpec, OpTemplate]]  # an event's operations, in evaluation order
 
 
 class Engine:
@@ -70,9 +74,10 @@ class Engine:
         self._automations: dict[UUID, list[WindowSpec]] = {}
         self._spec_of: dict[int, WindowSpec] = {}  # id(event trigger) -> its spec
         self._resources: dict[str, bytes] = {}  # automation id -> its events' resource JSON
+        self._global_partitions: frozenset[int] = frozenset()  # with global proactive windows
         self._planner = Planner(self.keys, self._index, self._spec_of.__getitem__)
         self._window = Window(redis, self.keys, settings)
-        self.ordering = FollowsOrdering(redis, self.keys, settings)
+        self.ordering = Ordering(redis, self.keys, settings, declare_keys=settings.redis_cluster)
         self._consumer = StreamConsumer(
             redis, settings, stream=self.keys.events, group=ENGINE_GROUP,
             handler=self.handle_batch, dead_stream=self.keys.dead(self.keys.events),
@@ -118,19 +123,19 @@ class Engine:
         """Add or replace one automation; a changed trigger starts from empty state."""
         old = self._forget(automation.id)
         if trigger_changed:
-            await self._window.unregister([s.trigger_id for s in old])
+            await self._window.unregister(old)
             await self._window.reset(str(automation.id))
         if automation.enabled:
             await self._window.register(self._remember(automation))
         else:
-            await self._window.unregister([s.trigger_id for s in old])
+            await self._window.unregister(old)
 
     async def remove(self, automation_id: UUID) -> None:
         """Stop evaluating an automation (deleted or paused). Its window state stays, so a
         resumed automation carries on; state of a deleted one expires (reactive buckets are
         swept, due proactive ones are dropped by the timer once the spec is gone)."""
         old = self._forget(automation_id)
-        await self._window.unregister([s.trigger_id for s in old])
+        await self._window.unregister(old)
 
     def _remember(self, automation: Automation) -> list[WindowSpec]:
         specs = window_specs(automation.id, automation.trigger, self.keys)
@@ -142,6 +147,7 @@ class Engine:
         for spec in specs:
             self._specs[(automation.id, spec.trigger.id)] = spec
             self._spec_of[id(spec.trigger)] = spec
+        self._globals_changed()
         return specs
 
     def _forget(self, automation_id: UUID) -> list[WindowSpec]:
@@ -152,7 +158,12 @@ class Engine:
         for spec in specs:
             self._specs.pop((automation_id, spec.trigger.id), None)
             self._spec_of.pop(id(spec.trigger), None)
+        self._globals_changed()
         return specs
+
+    def _globals_changed(self) -> None:
+        self._global_partitions = frozenset(
+            s.partition for s in self._specs.values() if s.global_key)
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stopping: anyio.Event | None = None) -> None:
@@ -210,126 +221,157 @@ class Engine:
     async def release_lost(self) -> int:
         """Evaluate followers held longer than ``follows_wait_s`` (their leader never came)."""
         now = self.clock()
-        lost = await self.ordering.lost(now, self._planner)
-        if lost:
-            await self._evaluate(lost, now, lost={item.id for item in lost})
-        return len(lost)
+        order = await self.ordering.lost(now, self._planner)
+        if order.items:
+            await self._apply(order, {}, now)
+            await self.ordering.forget(order.released)
+        return len(order.items)
 
     async def handle_batch(self, entries: Sequence[Entry]) -> list[Reject]:
-        """One batch: decode -> dedupe -> match -> apply (Lua) -> released followers."""
+        """One batch: decode -> order (beside: match) -> apply per partition -> forget."""
         now = self.clock()
         source = BatchSource(self._intake, entries, now)
+        items: list[Incoming] = []
+        while source.decode_into(items):
+            pass
         if self._decisions is not None:
             self._decisions.begin(entries)
-        processed = self.processed
-        await self._evaluate([], now, source=source)
+        if items:
+            ordering = asyncio.ensure_future(self.ordering.order(items, now, self._planner))
+            try:
+                await asyncio.sleep(0)  # the order call goes out; the batch is matched meanwhile
+                matched = await self._match_all(items, ordering)
+            finally:
+                order = await ordering
+            recording = self._decisions.write(self._decisions) if self._decisions else None
+            await self._apply(order, matched, now)
+            if recording is not None:
+                await recording  # beside the script calls (it logs its own failures)
+            await self.ordering.forget(order.released)
+            self.parked += order.parked
+            self.processed += order.new
         self.events += len(entries)
         self.rejected += len(source.rejects)
-        self.metrics.events_handled(len(entries), self.processed - processed, len(source.rejects))
+        self.metrics.events_handled(len(entries), len(items), len(source.rejects))
         return source.rejects
 
-    async def _evaluate(
-        self, incoming: list[Incoming], now: datetime, *, lost: set[str] | None = None,
-        source: BatchSource | None = None,
-    ) -> None:
-        """Apply the events in order (``incoming``, then what ``source`` decodes), at most
-        ``OPS_PER_CALL`` operations per script call (a script blocks Redis while it runs);
-        followers released by an event go right after it, except ``lost`` ones, which keep
-        their place in ``incoming`` (as in the reference)."""
-        pending = incoming
-        batch: WindowBatch | None = self._match(pending, now, source)
-        for _ in range(MAX_ROUNDS):
-            if batch is None or not batch.events:
-                return
-            # The next call's events are decoded and matched while Redis runs this one (the
-            # usual case: nothing released, so the next call starts where this one ends).
-            applying = asyncio.ensure_future(self._window.apply(batch, now))
-            recording = self._decisions.write(batch) if self._decisions is not None else None
-            await asyncio.sleep(0)  # the call starts going out
-            rest = pending[len(batch):]
-            try:  # may extend `rest` from `source`
-                upcoming = await self._match_beside(rest, now, source)
-            finally:
-                result = await applying
-                if recording is not None:
-                    await recording  # beside the script call (it logs its own failures)
-            self.fired += result.fired
-            self.parked += result.parked
-            self.processed += result.processed
-            released = self.ordering.decode_released(result.released, self._planner)
-            if lost:
-                released = [item for item in released if item.id not in lost]
-            if released or result.consumed != len(batch):
-                pending = released + pending[result.consumed:len(batch)] + rest
-                batch = self._match(pending, now, source)
+    async def _match_all(self, items: list[Incoming], pending: asyncio.Future[OrderResult]
+                         ) -> dict[int, Matched]:
+        """Every watched event's operations, by batch index (yielding to the event loop now and
+        then while the order call is in flight)."""
+        matched: dict[int, Matched] = {}
+        for n, item in enumerate(items):
+            if item.event is not None and item.name not in SKIPPED_EVENTS:
+                ops = self._ops(item.event)
+                if ops:
+                    matched[n] = ops
+            if n % YIELD_EVERY == 0 and not pending.done():
+                await asyncio.sleep(0)
+        return matched
+
+    async def _apply(self, order: OrderResult, matched: dict[int, Matched], now: datetime
+                     ) -> None:
+        """The ordered events' operations, grouped by partition: one script call per partition
+        touched, concurrent, at most ``OPS_PER_CALL`` operations a round (the next round is
+        built while one is in flight; rounds go one after the other, so each partition sees
+        its events in order)."""
+        iso = now.isoformat()
+        batches: dict[int, WindowBatch] = {}
+        ops = 0
+        flight: asyncio.Future[None] | None = None
+        opens = self._global_partitions  # the first counted event opens missing global windows
+        try:
+            for ordered in order.items:
+                found = self._operations(ordered, matched) or []
+                if opens and ordered.item.name not in SKIPPED_EVENTS:
+                    ops += self._add(batches, ordered, found, iso, opens)
+                    opens = frozenset()
+                elif found:
+                    ops += self._add(batches, ordered, found, iso)
+                else:
+                    continue
+                if ops >= OPS_PER_CALL:
+                    if flight is not None:
+                        await flight
+                    flight = asyncio.ensure_future(self._send(list(batches.values()), now))
+                    batches, ops = {}, 0
+            if flight is not None:
+                await flight
+                flight = None
+            if batches:
+                await self._send(list(batches.values()), now)
+        finally:
+            if flight is not None and not flight.done():
+                flight.cancel()
+
+    def _operations(self, ordered: Ordered, matched: dict[int, Matched]) -> Matched | None:
+        if ordered.batch_index >= 0:
+            return matched.get(ordered.batch_index)
+        item = ordered.item  # a released follower: matched now
+        if item.event is None or item.name in SKIPPED_EVENTS:
+            return None
+        return self._ops(item.event)
+
+    def _add(self, batches: dict[int, WindowBatch], ordered: Ordered, found: Matched,
+             iso: str, partitions: Iterable[int] = ()) -> int:
+        """Add one event and its operations to the batches of their partitions (and to
+        ``partitions``, without operations: as in the reference, the first event after a load
+        opens the global proactive windows that are missing)."""
+        item = ordered.item
+        numbers: dict[int, int] = {}
+
+        def number_in(part: int) -> int:
+            number = numbers.get(part)
+            if number is None:
+                batch = batches.get(part)
+                if batch is None:
+                    batch = batches[part] = self._window.batch(part, iso)
+                number = numbers[part] = batch.add_event(
+                    item.id, item.occurred_us, item.raw, ordered.asof_us)
+            return number
+
+        for part in partitions:
+            number_in(part)
+        for spec, template in found:
+            number = number_in(spec.partition)
+            batch = batches[spec.partition]
+            if spec.fires_at_once:
+                batch.add_ready(number, spec, template)
             else:
-                pending, batch = rest, upcoming
-        log.warning("follows chains too deep: %d events left for the next batch", len(pending))
-        raise RuntimeError("follows release did not converge")
+                batch.add_op(number, spec, template)
+        return len(found)
 
-    def _match(
-        self, incoming: list[Incoming], now: datetime, source: BatchSource | None = None
-    ) -> WindowBatch:
-        """One operation per (event, covering trigger), in event order, for a prefix of
-        ``incoming`` (at most about ``OPS_PER_CALL`` operations; empty when there is no event).
-        When ``incoming`` runs out first, ``source`` decodes more into it."""
-        return next(b for b in self._matching(incoming, now, source) if b is not None)
+    async def _send(self, batches: list[WindowBatch], now: datetime) -> None:
+        """One round: every partition's call at once. A failed call fails the batch (it is
+        redelivered; the partitions that applied it skip it then)."""
+        results = await asyncio.gather(
+            *(self._window.apply(b, now) for b in batches), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            self.fired += result.fired
 
-    async def _match_beside(
-        self, incoming: list[Incoming], now: datetime, source: BatchSource | None
-    ) -> WindowBatch:
-        """``_match`` while a script call is in flight: it yields to the event loop every few
-        events, so the call's request (hundreds of KB) reaches Redis as the socket drains
-        rather than after the matching (Redis would wait for it, idle)."""
-        for batch in self._matching(incoming, now, source):
-            if batch is not None:
-                return batch
-            await asyncio.sleep(0)
-        raise AssertionError("_matching ends with its batch")
-
-    def _matching(
-        self, incoming: list[Incoming], now: datetime, source: BatchSource | None
-    ) -> Iterator[WindowBatch | None]:
-        """``_match``'s work: ``None`` every ``YIELD_EVERY`` events (a pause), then the batch."""
-        batch = WindowBatch(self.keys, iso=now.isoformat())
-        at = 0
-        while batch.op_count < OPS_PER_CALL:
-            if at == len(incoming) and (source is None or not source.decode_into(incoming)):
-                break
-            item = incoming[at]
-            at += 1
-            counts = item.name not in SKIPPED_EVENTS
-            number = batch.add_event(
-                item.id, item.occurred_us, item.raw,
-                follows=item.follows, waits=item.waits, counts=counts,
-            )
-            if counts and item.event is not None:
-                self._ops(batch, number, item.event)
-            if at % YIELD_EVERY == 0:
-                yield None
-        yield batch
-
-    def _ops(self, batch: WindowBatch, number: int, event: Event) -> None:
+    def _ops(self, event: Event) -> Matched:
         """The event's operations: name-level work comes precomputed from the planner, only
         the resource check and ``for_each`` keys are per event."""
-        plan = self._planner.plan(event.event)
-        resource, related = event.resource, event.related
-        steps = [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
+        plan, steps = self._planner.match(event)
         if self._decisions is not None:
-            self._decisions.note(batch, event, plan.steps, steps)
+            self._decisions.note(self._decisions, event, plan.steps, steps)
+        if not steps:
+            return []
         if plan.ordered and len(steps) > 1 and not all(s.spec.top_level for s in steps):
             steps.sort(key=_evaluation_order)  # a composite's children in trigger walk order
         encode = self._planner.encode
+        resource, related = event.resource, event.related
+        out: Matched = []
         for step in steps:
             template = step.template
             if template is None:
                 compiled = step.compiled
                 template = step.keyed(*encode(
                     compiled, compiled.bucketing_key_parts(resource, related)))
-            if step.spec.fires_at_once:
-                batch.add_ready(number, step.spec, template)
-            else:
-                batch.add_op(number, step.spec, template)
+            out.append((step.spec, template))
+        return out
 
 
 def _evaluation_order(step: Step) -> tuple[str, int]:

@@ -70,6 +70,7 @@ class WindowSpec:
     # so they need no per-call numbering)
     ref: str = ""
     partition: int = 0  # the automation's partition (``keys.partition_of``)
+    state_keys: tuple[str, ...] = ()  # its composite hashes and global window keys
 
     @property
     def trigger_id(self) -> str:
@@ -135,9 +136,11 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
             "im": 1 if immediate(t) else 0,
         }
         global_key = keys.bucket(aid, tid, "") if is_global else None
+        state_keys = [link["k"] for link in body["ch"]]
         if global_key is not None:
             body["gk"] = global_key
             body["gu"] = keys.unresolved(aid, tid, "") if top_level else ""
+            state_keys += [global_key, body["gu"]] if body["gu"] else [global_key]
         specs.append(WindowSpec(
             automation_id=aid,
             trigger=t,
@@ -151,5 +154,6 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
             ids_json=f'"automation_id":"{aid}","trigger_id":"{tid}"',
             ref=str(next(_REFS)),
             partition=keys.number,
+            state_keys=tuple(state_keys),
         ))
     return specs

@@ -4,8 +4,9 @@ Every bucket that can become due is in the ``deadlines`` sorted set (score: its 
 Proactive bucket, end + 60 s for a Reactive one, which is then swept). The timer sleeps until
 the earliest deadline, but never longer than ``settings.proactive_poll_max_s``, so a nearer
 deadline added meanwhile (by any engine process) is seen within that bound. One ``tick`` is
-one Lua script (``lua/tick.lua``) that claims the due buckets (ZREM) and evaluates
-them in the same atomic step: with any number of timers, each window fires exactly once.
+one Lua script per partition (``lua/tick.lua``) that claims the due buckets (ZREM) and
+evaluates them in the same atomic step: with any number of timers, each window fires
+exactly once.
 
 "Due" is judged as of now plus the events-clock offset (reference 3.7): when the engines are
 30 s behind the stream, windows are evaluated 30 s in the past, so a window does not fire
@@ -40,6 +41,7 @@ class ProactiveTimer:
         self.settings = settings
         self.clock = clock
         self._window = Window(redis, keys or Keys.from_settings(settings), settings)
+        self._partitions = self._window.keys.partitions
         self.ticks = 0
         self.fired = 0
 
@@ -47,9 +49,20 @@ class ProactiveTimer:
         return f"ProactiveTimer(ticks={self.ticks}, fired={self.fired})"
 
     async def tick(self) -> TickResult:
-        """Handle everything due now (several script calls if more than a page is due)."""
+        """Handle everything due now in every partition (several script calls where more
+        than a page is due); the result has the nearest next deadline."""
+        now = self.clock()
+        asof = await self._window.events_clock(now)
+        results = [await self._tick_partition(n, now, asof) for n in range(self._partitions)]
+        deadlines = [r.next_deadline for r in results if r.next_deadline is not None]
+        return TickResult(
+            due=sum(r.due for r in results), fired=sum(r.fired for r in results),
+            next_deadline=min(deadlines) if deadlines else None, as_of=results[0].as_of,
+        )
+
+    async def _tick_partition(self, number: int, now: datetime, asof: int) -> TickResult:
         while True:
-            result = await self._window.tick(self.clock(), TICK_LIMIT)
+            result = await self._window.tick(number, now, asof, TICK_LIMIT)
             self.ticks += 1
             self.fired += result.fired
             if result.due < TICK_LIMIT:

@@ -1,4 +1,5 @@
-"""Window state in Redis: typed wrappers around the Lua scripts in ``lua/``.
+"""Window state in Redis: typed wrappers around the Lua scripts in ``lua/``, one partition
+per call.
 
 Every read-modify-write of a bucket happens inside one script call, and the script that
 makes a trigger fire also XADDs the ``Firing`` (firings stream, the outbox; the firings of
@@ -7,15 +8,18 @@ crash can neither lose a firing nor produce it twice. Its ``prefect.automation.t
 event and ``last_fired`` are written from the outbox by ``outbox.Announcer``. The
 firings of triggers that keep no state (immediate and top level) are written by the engine
 (``WindowBatch.add_ready``) and only appended by the script if the event is new. ``apply``
-runs an engine batch in one call (dedupe, ``follows`` holding, every bucket update; the
-engine splits batches over ``OPS_PER_CALL`` operations);
-``tick`` is the proactive timer and expiry sweep. Inside a call, buckets and composite
+runs the part of an engine batch that concerns one partition in one call (dedupe in that
+partition, every bucket update; the order, ``follows`` included, was decided before by
+``ordering``; the engine splits batches over ``OPS_PER_CALL`` operations); ``tick`` is the
+proactive timer and expiry sweep of one partition. Inside a call, buckets and composite
 hashes go through a write-back cache (read once, written once per call); immediate triggers
 (reactive, within 0, threshold 1, no after) keep no bucket at all.
 
 Scripts are registered once (EVALSHA, reloaded on NOSCRIPT by redis-py). Key names all come
-from ``Keys``; they are passed to the scripts as arguments (not KEYS), so the layout is not
-Redis Cluster ready (every key would need one hash tag).
+from ``PartitionKeys`` and travel as arguments; KEYS holds the outbox, which routes the call
+to the partition's slot, and on a Redis Cluster every key the call touches (``declare``):
+Redis then refuses a call as a whole while its slot migrates (TRYAGAIN/ASK, retried),
+instead of failing half way through it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import redis.asyncio as aioredis
 from automations.engine.outbox import ready_firing_json
 from automations.engine.specs import WindowSpec
 from automations.events import from_micros, micros, to_us, uuid7
-from automations.keys import Keys
+from automations.keys import Keys, PartitionKeys
 from automations.settings import Settings
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -64,12 +68,8 @@ class EventItem(TypedDict):
 
     id: str
     occurred: int  # us
-    seen: str  # its dedupe key
-    leader_seen: str  # the seen key of the event it follows ("" when none)
-    leader_followers: str  # the followers set of that event ("" when none)
-    waits: bool  # may be held until its leader is processed
-    followers: str  # its own followers set (released once it is processed)
-    counts: bool  # moves the events clock (``prefect.log.write`` does not)
+    seen: str  # its dedupe key in the partition
+    asof: int  # the events clock once it is counted (us, ``ordering``)
     ready: int  # firings the engine wrote for it (``add_ready``)
     ops: list[int]  # its templates (1-based numbers into the call's templates), in order
 
@@ -88,7 +88,8 @@ class WindowBatch:
     numbers into the list of ``OpTemplate`` arrays (read by position: ``o[T_BUCKET]``...);
     the top of ``apply.lua`` lists the same fields."""
 
-    keys: Keys
+    keys: PartitionKeys
+    declare: bool = False  # list every key touched (``declared``), for a Redis Cluster
     specs: dict[str, str] = field(default_factory=dict)  # ref -> spec JSON
     events: list[EventItem] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
@@ -99,6 +100,7 @@ class WindowBatch:
     _id_seq: int = 0
     templates: list[OpTemplate] = field(default_factory=list)
     _template_no: dict[int, int] = field(default_factory=dict)
+    declared: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.events)
@@ -114,21 +116,16 @@ class WindowBatch:
         self._id_seq += 1
         return f"{self._id_base}{self._id_seq:08x}"
 
-    def add_event(
-        self, event_id: str, occurred_us: int, raw: bytes, *,
-        follows: str | None, waits: bool, counts: bool,
-    ) -> int:
-        """Add an event; returns its number for ``add_op``. ``waits``: may be held for its
-        leader; ``counts``: moves the events clock (``prefect.log.write`` does not)."""
-        keys = self.keys
-        leader = follows if follows and follows != event_id else None
+    def add_event(self, event_id: str, occurred_us: int, raw: bytes, asof_us: int) -> int:
+        """Add an event; returns its number for ``add_op``. ``asof_us``: the events clock
+        once it is counted."""
+        seen = self.keys.seen(event_id)
         self.events.append({
-            "id": event_id, "occurred": occurred_us, "seen": keys.seen(event_id),
-            "leader_seen": keys.seen(leader) if leader else "",
-            "leader_followers": keys.followers(leader) if leader else "",
-            "waits": waits, "followers": keys.followers(event_id), "counts": counts,
+            "id": event_id, "occurred": occurred_us, "seen": seen, "asof": asof_us,
             "ready": 0, "ops": [],
         })
+        if self.declare:
+            self.declared.append(seen)
         self.raws.append(raw)
         self.ready.append([])
         return len(self.events)
@@ -147,10 +144,15 @@ class WindowBatch:
         send it once."""
         if spec.ref not in self.specs:
             self.specs[spec.ref] = spec.json
+            if self.declare:
+                self.declared.extend(spec.state_keys)
         template_no = self._template_no.get(id(template))
         if template_no is None:  # the batch keeps ``template`` alive: its id stays unique
             self.templates.append(template)
             template_no = self._template_no[id(template)] = len(self.templates)
+            if self.declare:
+                self.declared.extend(k for k in (template[T_BUCKET], template[T_HELD],
+                                                 template[T_UNRESOLVED]) if k)
         self.events[event_no - 1]["ops"].append(template_no)
         self.op_count += 1
 
@@ -176,10 +178,7 @@ class Bucket:
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
     fired: int
-    processed: int  # events evaluated (not duplicates, not held)
-    parked: int  # events held for their leader
-    consumed: int  # events of the batch the script went through (it stops after a release)
-    released: list[bytes]  # held followers of the last processed event, to evaluate next
+    evaluated: int  # events new to the partition (not repeats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,78 +196,157 @@ class Window:
         self.redis = redis
         self.keys = keys
         self.settings = settings
+        self.declare = settings.redis_cluster
         self._apply = redis.register_script(script_source("apply"))
         self._tick = redis.register_script(script_source("tick"))
-        self._static = {
-            "fs": keys.firings, "dl": keys.deadlines, "gl": keys.proactive_globals,
-            "sk": keys.trigger_specs, "ck": keys.events_clock,
-            "held": keys.held_events, "wl": keys.waitlist,
+        self._common = {
             "sweep": to_us(SWEEP_S), "lookback": to_us(LOOKBACK_S),
             "held_keep": to_us(HELD_KEEP_S), "uttl": UNRESOLVED_TTL_S,
             "ttl": settings.dedupe_ttl_s,
-            "fttl": max(1000, round(settings.follows_wait_s * 2000)),
         }
+        self._global_keys: dict[int, tuple[str, ...]] = {}  # partition -> global window keys
 
     def __repr__(self) -> str:
-        return f"Window(prefix={self.keys.prefix!r})"
+        return f"Window(prefix={self.keys.prefix!r}, partitions={self.keys.partitions})"
 
-    def _header(self, now: datetime, **extra: Any) -> bytes:
+    def batch(self, number: int, iso: str) -> WindowBatch:
+        """An empty ``apply`` batch for partition ``number``."""
+        return WindowBatch(self.keys.partition(number), self.declare, iso=iso)
+
+    def _header(self, part: PartitionKeys, now: datetime, **extra: Any) -> bytes:
         return orjson.dumps({
-            **self._static, "now": micros(now), "iso": now.isoformat(),
-            "idb": str(uuid7())[:28], **extra,
+            **self._common, "fs": part.firings, "dl": part.deadlines,
+            "gl": part.proactive_globals, "sk": part.trigger_specs,
+            "now": micros(now), "iso": now.isoformat(), "idb": str(uuid7())[:28], **extra,
         })
 
+    def _static_keys(self, part: PartitionKeys) -> list[str]:
+        """KEYS of a call: the outbox first (it routes the call), the rest when declared."""
+        if not self.declare:
+            return [part.firings]
+        return [part.firings, part.deadlines, part.proactive_globals, part.trigger_specs]
+
     async def apply(self, batch: WindowBatch, now: datetime) -> ApplyResult:
-        """Run a batch: one round trip, atomic. Stops after the first event that releases
-        held followers (they must be evaluated right after their leader)."""
+        """Run a partition's batch: one round trip, atomic."""
         if not batch.events:
-            return ApplyResult(0, 0, 0, 0, [])
+            return ApplyResult(0, 0)
+        part = batch.keys
         specs = ",".join(f'"{ref}":{json}' for ref, json in batch.specs.items())
-        reply: list[Any] = await self._apply(args=[
-            self._header(now), "{" + specs + "}", orjson.dumps(batch.events),
+        keys = self._static_keys(part)
+        if batch.declare:
+            keys += batch.declared
+            keys += self._globals_declared(part)
+        reply: list[Any] = await self._apply(keys=keys, args=[
+            self._header(part, now), "{" + specs + "}", orjson.dumps(batch.events),
             orjson.dumps(batch.templates), *batch.raws,
             *[",".join(firings) for firings in batch.ready],
         ])
-        fired, processed, parked, consumed, *released = reply  # apply.lua's reply, in order
-        return ApplyResult(
-            fired=int(fired), processed=int(processed), parked=int(parked),
-            consumed=int(consumed), released=[bytes(r) for r in released],
-        )
+        fired, evaluated = reply  # apply.lua's reply, in order
+        return ApplyResult(fired=int(fired), evaluated=int(evaluated))
 
-    async def tick(self, now: datetime, limit: int = TICK_LIMIT) -> TickResult:
-        """Handle every bucket due "as of" now (minus consumer lag): proactive windows that
-        ended fire or roll, reactive buckets past their sweep time go."""
-        reply: list[Any] = await self._tick(args=[self._header(now, limit=limit)])
-        due, fired, nxt, as_of = reply  # tick.lua's reply, in order
+    def _globals_declared(self, part: PartitionKeys) -> list[str]:
+        """The global windows the script may open (as this process knows them)."""
+        return list(self._global_keys.get(part.number, ()))
+
+    async def events_clock(self, now: datetime) -> int:
+        """The "as of" time (us) of now: now plus the events-clock offset (reference 3.7),
+        so that windows are not judged for events still queued."""
+        c, u = await self.redis.hmget(self.keys.events_clock, ["c", "u"])
+        now_us = micros(now)
+        if c is None or u is None:
+            return now_us
+        return now_us + min(0, int(float(c)) - int(float(u)))
+
+    async def tick(self, number: int, now: datetime, asof_us: int,
+                   limit: int = TICK_LIMIT) -> TickResult:
+        """Handle every bucket of partition ``number`` due as of ``asof_us``: proactive
+        windows that ended fire or roll, reactive buckets past their sweep time go."""
+        part = self.keys.partition(number)
+        due: list[Any] = await self.redis.zrangebyscore(
+            part.deadlines, "-inf", asof_us, start=0, num=limit)
+        keys = self._static_keys(part)
+        if self.declare:
+            keys += await self._tick_declared(part, due)
+        reply: list[Any] = await self._tick(keys=keys, args=[
+            self._header(part, now, asof=asof_us), orjson.dumps([bytes(k).decode() for k in due]),
+        ])
+        _claimed, fired, nxt, as_of = reply  # tick.lua's reply, in order
         return TickResult(
-            due=int(due), fired=int(fired),
+            due=len(due), fired=int(fired),
             next_deadline=from_micros(float(nxt)) if nxt else None,
             as_of=from_micros(float(as_of)),
         )
 
+    async def _tick_declared(self, part: PartitionKeys, due: list[Any]) -> list[str]:
+        """Every key a tick may touch: the due buckets, their unresolved counters, their
+        triggers' composite hashes, and the global windows."""
+        found: list[str] = []
+        trigger_ids: dict[str, None] = {}
+        for raw in due:
+            key = bytes(raw).decode()
+            found.append(key)
+            found.append(key.replace(":bucket:", ":unresolved:", 1))
+            parts = key.split(":bucket:", 1)[1].split(":")
+            if len(parts) >= 2:
+                trigger_ids[parts[1]] = None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hvals(part.proactive_globals)
+            if trigger_ids:
+                pipe.hmget(part.trigger_specs, list(trigger_ids))
+            read: list[Any] = await pipe.execute()
+        specs = [*read[0], *(read[1] if trigger_ids else [])]
+        for raw in specs:
+            if raw is None:
+                continue
+            spec = orjson.loads(raw)
+            found += [link["k"] for link in spec.get("ch", [])]
+            found += [k for k in (spec.get("gk"), spec.get("gu")) if k]
+        return found
+
     async def register(self, specs: Sequence[WindowSpec], *, replace: bool = False) -> None:
-        """Publish the specs the timer evaluates with (and the global proactive windows).
-        ``replace``: these are all the enabled triggers; drop every other published spec (an
-        automation deleted or paused while no engine ran must not keep firing)."""
+        """Publish the specs the timer evaluates with (and the global proactive windows),
+        each in its partition. ``replace``: these are all the enabled triggers; drop every
+        other published spec (an automation deleted or paused while no engine ran must not
+        keep firing)."""
+        by_partition: dict[int, list[WindowSpec]] = {}
+        for spec in specs:
+            by_partition.setdefault(spec.partition, []).append(spec)
+        numbers = range(self.keys.partitions) if replace else sorted(by_partition)
+        self._global_keys = self._globals_of(specs, replace=replace)
+        for number in numbers:
+            await self._register(self.keys.partition(number), by_partition.get(number, []),
+                                 replace=replace)
+
+    def _globals_of(self, specs: Sequence[WindowSpec], *, replace: bool
+                    ) -> dict[int, tuple[str, ...]]:
+        known = {} if replace else dict(self._global_keys)
+        for spec in specs:
+            if spec.global_key:
+                known[spec.partition] = tuple(dict.fromkeys(
+                    (*known.get(spec.partition, ()), *spec.state_keys)))
+        return known
+
+    async def _register(self, part: PartitionKeys, specs: Sequence[WindowSpec], *,
+                        replace: bool) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             if replace:
-                pipe.hkeys(self.keys.trigger_specs)
-                pipe.hkeys(self.keys.proactive_globals)
+                pipe.hkeys(part.trigger_specs)
+                pipe.hkeys(part.proactive_globals)
                 published: list[Any] = await pipe.execute()
                 wanted = {s.trigger_id.encode() for s in specs}
                 stale = {k for k in (*published[0], *published[1]) if k not in wanted}
                 if stale:
-                    pipe.hdel(self.keys.trigger_specs, *stale)
-                    pipe.hdel(self.keys.proactive_globals, *stale)
+                    pipe.hdel(part.trigger_specs, *stale)
+                    pipe.hdel(part.proactive_globals, *stale)
             if specs:
                 mapping: dict[str | bytes, str | bytes] = {s.trigger_id: s.json for s in specs}
-                pipe.hset(self.keys.trigger_specs, mapping=mapping)  # type: ignore[arg-type]
+                pipe.hset(part.trigger_specs, mapping=mapping)  # type: ignore[arg-type]
                 globals_: dict[str | bytes, str | bytes] = {
                     s.trigger_id: s.json for s in specs if s.global_key
                 }
                 if globals_:
                     pipe.hset(
-                        self.keys.proactive_globals, mapping=globals_  # type: ignore[arg-type]
+                        part.proactive_globals, mapping=globals_  # type: ignore[arg-type]
                     )
             await pipe.execute()
 
@@ -283,17 +361,21 @@ class Window:
             labels=orjson.loads(raw[4]) if raw[4] else {},
         )
 
-    async def unregister(self, trigger_ids: Sequence[str]) -> None:
-        if trigger_ids:
+    async def unregister(self, specs: Sequence[WindowSpec]) -> None:
+        by_partition: dict[int, list[str]] = {}
+        for spec in specs:
+            by_partition.setdefault(spec.partition, []).append(spec.trigger_id)
+        for number, trigger_ids in by_partition.items():
+            part = self.keys.partition(number)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hdel(self.keys.trigger_specs, *trigger_ids)
-                pipe.hdel(self.keys.proactive_globals, *trigger_ids)
+                pipe.hdel(part.trigger_specs, *trigger_ids)
+                pipe.hdel(part.proactive_globals, *trigger_ids)
                 await pipe.execute()
 
     async def reset(self, automation_id: str) -> int:
         """Delete every bucket, held event and composite state of an automation (its trigger
         changed). A SCAN: fine for an operator action, not for a hot path."""
-        k = self.keys
+        k = self.keys.of(automation_id)
         patterns = [
             k.bucket(automation_id, "*", "*"), k.held_expect(automation_id, "*", "*"),
             k.unresolved(automation_id, "*", "*"), k.composite(automation_id, "*"),

@@ -100,7 +100,7 @@ class Harness:
 
     async def firings(self) -> list[Firing]:
         """Firings written since the last call."""
-        entries: Any = await self.redis.xrange(self.keys.firings, min=f"({self._last}")
+        entries: Any = await self.redis.xrange(self.keys.partition(0).firings, min=f"({self._last}")
         if entries:
             self._last = entries[-1][0].decode()
         return [f for _, fields in entries for f in firings_of(fields)]

@@ -3,15 +3,11 @@
 -- with the names used here.
 --
 -- ARGV[2] specs: JSON object, WindowSpec.ref -> spec (fields: automations/engine/specs.py).
--- ARGV[3] events, in order, one object each:
+-- ARGV[3] events, in evaluation order (engine/ordering.py decided it), one object each:
 --   id                event id
 --   occurred          occurred (us)
---   seen              its dedupe key
---   leader_seen       the seen key of the event it follows, "" when none
---   leader_followers  that leader's followers set, "" when none
---   waits             true: may be held until its leader is processed
---   followers         its own followers set
---   counts            true: moves the events clock (prefect.log.write does not)
+--   seen              its dedupe key in this partition
+--   asof              the events clock (us) once it is counted
 --   ready             how many firings the engine wrote for it (triggers keeping no state)
 --   ops               its op templates (numbers into ARGV[4]), in evaluation order
 -- ARGV[4] op templates, shared by the ops that use them: arrays (ops are most of a call and
@@ -26,8 +22,9 @@
 -- ARGV[5 ..] the raw JSON of every event (passed apart: not escaped into ARGV[3]), then per
 --   event its ready firings (comma-joined JSON objects, "" if none), appended to its outbox
 --   entry if the event is new.
--- Returns {fired, processed, parked, events consumed, released raw JSON...}: the script stops
--- after the first event that releases held followers, so they are evaluated right after it.
+-- KEYS: on a Redis Cluster every key the call touches (Redis then refuses the call as a whole
+-- while the partition's slot migrates); else the outbox alone, which names the slot.
+-- Returns {fired, evaluated}: evaluated counts the events new to this partition.
 local SPECS = cjson.decode(ARGV[2])
 local EVS = cjson.decode(ARGV[3])
 local TPL = cjson.decode(ARGV[4])
@@ -104,46 +101,20 @@ local function on_event(sp, key, lb, hk, u, ev)
   evaluate(sp, b, ev.t, ev)
 end
 
-local released = {}
-local processed, parked = 0, 0
-local clock = tonumber(redis.call('HGET', H.ck, 'c') or 'nil')
+local evaluated = 0
 local globals_done = false
-local any_held = redis.call('EXISTS', H.held) == 1
-local consumed = #EVS
 for ei = 1, #EVS do
   local e = EVS[ei]
   local raw = ARGV[RAW_AT + ei]
-  local go = false
-  if e.leader_seen == '' then
-    go = redis.call('SET', e.seen, '1', 'NX', 'EX', H.ttl) ~= false
-  elseif redis.call('EXISTS', e.seen) == 0 then
-    if e.waits and redis.call('EXISTS', e.leader_seen) == 0 then
-      -- the leader has not been processed: hold the follower in Redis until it is
-      redis.call('SADD', e.leader_followers, e.id)
-      redis.call('PEXPIRE', e.leader_followers, H.fttl)
-      redis.call('HSET', H.held, e.id, raw)
-      redis.call('ZADD', H.wl, 'NX', fmt(NOW), e.id)
-      parked = parked + 1
-      any_held = true
-    else
-      redis.call('SET', e.seen, '1', 'EX', H.ttl)
-      if redis.call('HDEL', H.held, e.id) == 1 then redis.call('ZREM', H.wl, e.id) end
-      go = true
-    end
-  end
-  if go and e.counts then  -- the events clock moves before the event is evaluated
-    local at = math.min(e.occurred, NOW)
-    if clock == nil or at > clock then clock = at end
-    ASOF = clock
-    processed = processed + 1
+  if redis.call('SET', e.seen, '1', 'NX', 'EX', H.ttl) then
+    evaluated = evaluated + 1
+    ASOF = e.asof
     if not globals_done then ensure_globals(); globals_done = true end
-  end
-  if go and e.ready > 0 then  -- firings the engine wrote (triggers that keep no state)
-    out_entry(e.id, raw)
-    OUT[#OUT + 1] = ARGV[READY_AT + ei]
-    FIRED = FIRED + e.ready
-  end
-  if go then
+    if e.ready > 0 then  -- firings the engine wrote (triggers that keep no state)
+      out_entry(e.id, raw)
+      OUT[#OUT + 1] = ARGV[READY_AT + ei]
+      FIRED = FIRED + e.ready
+    end
     -- one event table per event, its per-trigger fields set per op (nothing keeps it)
     local ev = {id = e.id, t = e.occurred, raw = raw, A = false, E = false, hk = ''}
     for _, n in ipairs(e.ops) do
@@ -152,27 +123,7 @@ for ei = 1, #EVS do
       on_event(SPECS[o[T_SPEC]], o[T_BUCKET], o[T_LABELS], o[T_HELD], o[T_UNRESOLVED], ev)
     end
   end
-  if go and any_held then  -- nothing is held (the usual case): no followers to look up
-    local followers = redis.call('SMEMBERS', e.followers)
-    if #followers > 0 then
-      redis.call('DEL', e.followers)
-      for _, fid in ipairs(followers) do
-        local fraw = redis.call('HGET', H.held, fid)
-        if fraw then released[#released + 1] = fraw end
-      end
-      if #released > 0 then  -- its followers go next: the caller resends the rest after them
-        consumed = ei
-        break
-      end
-    end
-  end
 end
 
 flush()
-if processed > 0 then
-  redis.call('HSET', H.ck, 'c', fmt(clock), 'u', fmt(NOW))
-end
-
-local out = {FIRED, processed, parked, consumed}
-for _, r in ipairs(released) do out[#out + 1] = r end
-return out
+return {FIRED, evaluated}

@@ -6,31 +6,28 @@
 -- Times are integer microseconds (exact in a Lua double); they are always written with
 -- fmt() because Redis would format a Lua number with 14 significant digits.
 --
--- ARGV[1] is the header, a JSON object (window.py, Window._header), the same for both scripts:
+-- One call touches one partition (its keys share a hash tag). ARGV[1] is the header, a JSON
+-- object (window.py, Window._header), the same for both scripts:
 --   now        wall clock (us)
 --   iso        wall clock (ISO 8601), the firings' `triggered`
 --   idb        28-char uuid7 base of the ids the script makes (newid)
---   fs         firings stream (the outbox)
+--   fs         the partition's firings stream (the outbox)
 --   dl         deadlines zset (bucket key -> due us)
 --   gl         hash trigger id -> spec, global proactive triggers (ensure_globals)
 --   sk         hash trigger id -> spec, every enabled trigger (the timer's lookup)
---   ck         events clock hash (c: clock us, u: wall us it was set at)
---   held       hash of held followers (event id -> raw JSON)
---   wl         waitlist zset of held followers (event id -> wall us held at)
 --   sweep      us a reactive bucket lives past its end
 --   lookback   us a first window is backdated by
 --   held_keep  us a held expect event outlives its window
 --   uttl       s an unresolved proactive firing waits for its resolution
 --   ttl        s an event stays marked seen
---   fttl       ms a followers set lives
---   limit      tick.lua only: due buckets handled per call
+--   asof       tick.lua only: the events clock "as of" time (us)
 -- Spec fields (sp.a, sp.th, sp.ch...) are listed in automations/engine/specs.py.
 local H = cjson.decode(ARGV[1])
 local NOW = H.now
 local ISO = H.iso
 local SEQ = 0
 local FIRED = 0
-local ASOF = NOW  -- the events clock "as of" time; apply.lua moves it per event
+local ASOF = NOW  -- the events clock "as of" time; apply.lua sets it per event
 
 -- Memoized for the call: the buckets an event opens share their start, end and deadline.
 local FMT = {}

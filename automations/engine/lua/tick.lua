@@ -1,25 +1,27 @@
--- The proactive timer and the expiry sweep (common.lua is prepended): every bucket whose
--- deadline is due "as of" now plus the events-clock offset (reference 3.7) is claimed
--- (ZREM) and handled in this one script, so with several timers each fires exactly once.
+-- The proactive timer and the expiry sweep of one partition (common.lua is prepended): the
+-- buckets the timer found due "as of" now plus the events-clock offset (reference 3.7,
+-- header `asof`; ARGV[2], a JSON list of keys) that are still due are claimed (ZREM) and
+-- handled in this one script, so with several timers each fires exactly once.
 --
--- Due buckets are taken by deadline (a page of `limit`), then evaluated per automation in
--- trigger walk order, deadline and key, as the reference's proactive pass does.
+-- They are evaluated per automation in trigger walk order, deadline and key, as the
+-- reference's proactive pass does. KEYS: as in apply.lua.
 -- Returns {due handled, fired, next deadline (us) or false, as_of (us)}.
-local ck = redis.call('HMGET', H.ck, 'c', 'u')
-if ck[1] and ck[2] then
-  ASOF = NOW + math.min(0, tonumber(ck[1]) - tonumber(ck[2]))
-end
+ASOF = H.asof
 local asof = ASOF
 ensure_globals()
 
-local due = redis.call('ZRANGEBYSCORE', H.dl, '-inf', fmt(asof), 'WITHSCORES',
-                      'LIMIT', 0, H.limit)
+local due = cjson.decode(ARGV[2])
 local specs = {}
 local items = {}
-for j = 1, #due, 2 do
-  local key = due[j]
-  redis.call('ZREM', H.dl, key)
-  local b = read_bucket(key)
+local claimed = 0
+for _, key in ipairs(due) do
+  local score = tonumber(redis.call('ZSCORE', H.dl, key) or 'nil')
+  local b = nil
+  if score and score <= asof then  -- still due, and not taken by another timer
+    redis.call('ZREM', H.dl, key)
+    claimed = claimed + 1
+    b = read_bucket(key)
+  end
   if b then
     local sp = specs[b.t]
     if sp == nil then
@@ -33,7 +35,7 @@ for j = 1, #due, 2 do
     elseif b.c >= sp.th and (sp.fe == 1 or sp.af == 1) then
       drop(b)  -- reached its threshold: can never fire, nothing re-opens it
     else
-      items[#items + 1] = {sp = sp, b = b, score = tonumber(due[j + 1])}
+      items[#items + 1] = {sp = sp, b = b, score = score}
     end
   end
 end
@@ -51,4 +53,4 @@ flush()
 local nxt = redis.call('ZRANGE', H.dl, 0, 0, 'WITHSCORES')
 local nscore = false
 if nxt[2] then nscore = nxt[2] end
-return {#due / 2, FIRED, nscore, fmt(asof)}
+return {claimed, FIRED, nscore, fmt(asof)}

@@ -1,0 +1,194 @@
+"""``follows`` ordering (reference 3.10, 7.7) and the events clock, shared by all engines.
+
+Before a batch is evaluated, one script in the global slot (``lua/order.lua``) decides its
+order: an event whose ``follows`` leader has not arrived is held (``keys.held_events``,
+``keys.followers(leader)``, ``keys.waitlist``); every other event arrives (its id joins the
+set of the current time slice, ``keys.arrived``) and releases its held followers, which are
+evaluated right after it. The same step moves the events clock (``keys.events_clock``).
+Deciding the order apart from the partitions keeps it correct across them: a leader and its
+follower may interest automations of different partitions, or a leader none at all.
+
+A released follower stays held until the engine has applied it to every partition and calls
+``forget``: a failure in between releases it again (each partition dedupes it), so nothing
+is lost; ``lost()`` hands back followers held longer than ``settings.follows_wait_s``. An
+entry already older than that when first read skips the wait.
+
+Arrivals are remembered for two to three slices of ``dedupe_ttl_s / 2``: a follower whose
+leader arrived longer ago than that waits for the bounded-wait release.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from automations.engine.intake import SKIPPED_EVENTS, Incoming, NameIndex, decode_event
+from automations.errors import InvalidEvent
+from automations.events import micros
+from automations.keys import Keys
+from automations.settings import Settings
+
+ORDER_LUA = (Path(__file__).parent / "lua" / "order.lua").read_text()
+SLICES = 3  # arrival sets looked at: the current slice and the two before it
+
+
+@dataclass(slots=True)
+class Ordered:
+    """An event that goes, with the events clock as of its evaluation."""
+
+    item: Incoming
+    asof_us: int
+    batch_index: int  # its index in the batch, -1 for a released follower
+
+
+@dataclass(slots=True)
+class OrderResult:
+    items: list[Ordered]  # in evaluation order
+    parked: int  # held for their leader
+    new: int  # arrived for the first time (not repeats)
+    released: list[tuple[str, str]]  # (leader id or "", follower id): ``forget`` once applied
+
+
+def slice_us(settings: Settings) -> int:
+    return max(1, math.ceil(settings.dedupe_ttl_s / 2)) * 1_000_000
+
+
+class Ordering:
+    """The Python half of ordering: what may wait, the order script, the bounded-wait release."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings, *,
+                 declare_keys: bool = False) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.wait_us = round(settings.follows_wait_s * 1_000_000)
+        self.batch_size = settings.batch_size
+        self.declare_keys = declare_keys
+        self._script = redis.register_script(ORDER_LUA)
+        self._slice_us = slice_us(settings)
+        self._static = {
+            "slice": self._slice_us,
+            "keep": SLICES * self._slice_us // 1_000_000 + 60,
+            "fttl": max(1000, round(settings.follows_wait_s * 2000)),
+            "ap": keys.arrived(0)[:-1], "fp": keys.followers(""),
+            "held": keys.held_events, "wl": keys.waitlist, "ck": keys.events_clock,
+        }
+
+    def __repr__(self) -> str:
+        return f"Ordering(wait={self.wait_us / 1e6:g}s)"
+
+    def waits(self, entry_id: str, now: datetime) -> bool:
+        """May an event read from stream entry ``entry_id`` wait for its leader? Not when
+        waiting is off, nor when the entry is already older than the wait."""
+        if self.wait_us <= 0:
+            return False
+        added_ms = int(entry_id.split("-", 1)[0])
+        return micros(now) - added_ms * 1000 < self.wait_us
+
+    async def order(self, items: list[Incoming], now: datetime, index: NameIndex) -> OrderResult:
+        """The batch's evaluation order (one script call)."""
+        events: list[dict[str, Any]] = []
+        raws: list[bytes] = []
+        declared = self._declared(now)
+        for item in items:
+            follower = bool(item.follows) and item.waits and item.follows != item.id
+            raw_at = 0
+            if follower:
+                raws.append(item.raw)
+                raw_at = 2 + len(raws)
+            events.append({"i": item.id, "o": item.occurred_us,
+                           "f": item.follows if follower else "", "w": follower,
+                           "c": item.name not in SKIPPED_EVENTS, "r": raw_at})
+            if self.declare_keys:
+                declared.append(self.keys.followers(item.id))
+                if follower and item.follows:
+                    declared.append(self.keys.followers(item.follows))
+        reply = await self._script(keys=declared, args=[
+            self._header(now, mode="batch"), orjson.dumps(events), *raws])
+        return self._result(reply, items, index)
+
+    async def lost(self, now: datetime, index: NameIndex) -> OrderResult:
+        """Followers held for ``follows_wait_s`` or longer, oldest ``occurred`` first (with
+        the followers they release)."""
+        reply = await self._script(keys=self._declared(now), args=[self._header(
+            now, mode="lost", cutoff=micros(now) - self.wait_us, limit=self.batch_size)])
+        return self._result(reply, [], index)
+
+    async def forget(self, released: list[tuple[str, str]]) -> None:
+        """The released followers were applied: they are held no more."""
+        if not released:
+            return
+        ids = [follower for _, follower in released]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(self.keys.held_events, *ids)
+            pipe.zrem(self.keys.waitlist, *ids)
+            for leader, follower in released:
+                if leader:
+                    pipe.srem(self.keys.followers(leader), follower)
+            await pipe.execute()
+
+    async def held(self) -> int:
+        """How many events wait for their leader (for tests and ``repr``)."""
+        return int(await self.redis.hlen(self.keys.held_events))
+
+    def _header(self, now: datetime, **extra: Any) -> bytes:
+        return orjson.dumps({**self._static, "now": micros(now), **extra})
+
+    def _declared(self, now: datetime) -> list[str]:
+        """The keys the script touches, declared to Redis on a cluster (so a slot migration
+        is refused up front rather than met half way); the first one routes the call."""
+        keys = [self.keys.events_clock]
+        if self.declare_keys:
+            current = micros(now) // self._slice_us
+            keys += [self.keys.held_events, self.keys.waitlist]
+            keys += [self.keys.arrived(current - n) for n in range(SLICES)]
+        return keys
+
+    def _result(self, reply: list[Any], items: list[Incoming], index: NameIndex
+                ) -> OrderResult:
+        parked, new = int(reply[0]), int(reply[1])
+        ordered: list[Ordered] = []
+        released: list[tuple[str, str]] = []
+        for at in range(2, len(reply), 4):
+            source, raw, asof, leader = reply[at:at + 4]
+            if source:
+                n = int(source) - 1
+                ordered.append(Ordered(items[n], int(asof), n))
+                continue
+            leader_id = leader.decode() if isinstance(leader, bytes) else str(leader)
+            try:
+                item = decode_event(bytes(raw), index)
+            except InvalidEvent:  # valid when held; a changed model must not block: dropped
+                stale = _id_of(bytes(raw))
+                if stale:
+                    released.append((leader_id, stale))
+                continue
+            item.waits = False
+            released.append((leader_id, item.id))
+            ordered.append(Ordered(item, int(asof), -1))
+        return OrderResult(ordered, parked, new, released)
+
+
+def _id_of(raw: bytes) -> str | None:
+    try:
+        found = orjson.loads(raw).get("id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
+async def arrived(redis: aioredis.Redis, keys: Keys, event_id: str, now: datetime,
+                  settings: Settings) -> bool:
+    """Has the engine taken up this event (within the remembered slices)?"""
+    width = slice_us(settings)
+    current = micros(now) // width
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(SLICES):
+            pipe.sismember(keys.arrived(current - n), event_id)
+        found: list[Any] = await pipe.execute()
+    return any(found)
