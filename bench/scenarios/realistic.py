@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from actions.models import RunDeployment, SendNotification
+from automations.keys import Keys
 from automations.models import Automation
 from bench.drive import drain_backlog, read_firings, start_engines
 from bench.harness import Bench, Row, reset_slowlog, slowest_ms
@@ -290,7 +291,7 @@ async def measure(bench: Bench, size: int, encoded: list[tuple[bytes, bytes]], *
     finally:
         await stop_all(engines)
     script_usec = await commandstats_usec(bench, scripts) - script_usec
-    firings = await read_firings(bench.redis, f"{prefix}:firings")
+    firings = await read_firings(bench.redis, Keys(prefix).outboxes)
     await bench.cleanup(prefix)
     handled, seconds = drain.handled, drain.seconds
     eps = handled / seconds if seconds > 0 else 0.0

@@ -78,7 +78,7 @@ class Harness:
         ]
         self.timer = ProactiveTimer(redis, settings, clock=clock)
         self.publisher = Publisher(redis, settings)
-        self._last = "0-0"
+        self._last = dict.fromkeys(self.keys.outboxes, "0-0")
 
     @property
     def engine(self) -> Engine:
@@ -99,11 +99,14 @@ class Harness:
         return await self.firings()
 
     async def firings(self) -> list[Firing]:
-        """Firings written since the last call."""
-        entries: Any = await self.redis.xrange(self.keys.partition(0).firings, min=f"({self._last}")
-        if entries:
-            self._last = entries[-1][0].decode()
-        return [f for _, fields in entries for f in firings_of(fields)]
+        """Firings written since the last call (partition by partition)."""
+        found: list[Firing] = []
+        for outbox, last in self._last.items():
+            entries: Any = await self.redis.xrange(outbox, min=f"({last}")
+            if entries:
+                self._last[outbox] = entries[-1][0].decode()
+            found += [f for _, fields in entries for f in firings_of(fields)]
+        return found
 
     async def automation_events(self) -> list[Event]:
         """The prefect.automation.* events so far (announced first, as a running engine does)."""

@@ -135,10 +135,11 @@ class Scenario:
 
 
 async def _run(redis_url: str, automations: list[Automation], specs: list[Step],
-               engines: int) -> None:
+               engines: int, partitions: int = 1, *, cluster: bool = False) -> None:
     prefix = f"prop-{uuid.uuid4().hex[:10]}"
     config = Settings(redis_url=redis_url, prefix=prefix, follows_wait_s=FOLLOWS_WAIT_S,
-                      block_ms=10, consumer_name="prop")
+                      block_ms=10, consumer_name="prop", partitions=partitions,
+                      redis_cluster=cluster)
     client = aioredis.Redis.from_url(redis_url)
     clock = Clock()
     h = Harness(client, config, clock, engines=engines)
@@ -190,11 +191,14 @@ def _automations(trigger_list: list[dict[str, Any]]) -> list[Automation]:
     return [automation(t, name=f"auto-{i}") for i, t in enumerate(trigger_list)]
 
 
-@pytest.mark.parametrize("engines", [1, 2])
+@pytest.mark.parametrize(("engines", "partitions"), [(1, 1), (2, 1), (2, 3)])
 @settings(max_examples=MAX_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(trigger_list=automation_lists, specs=steps)
 def test_engine_matches_reference(
-    redis_url: str, engines: int, trigger_list: list[dict[str, Any]], specs: list[Step]
+    redis_url: str, engines: int, partitions: int, trigger_list: list[dict[str, Any]],
+    specs: list[Step],
 ) -> None:
-    asyncio.run(_run(redis_url, _automations(trigger_list), specs, engines))
+    """One engine or two taking turns, on one partition or three (the automations of one
+    list spread over them, events ordered across them)."""
+    asyncio.run(_run(redis_url, _automations(trigger_list), specs, engines, partitions))
