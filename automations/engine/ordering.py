@@ -36,6 +36,7 @@ from automations.settings import Settings
 
 ORDER_LUA = (Path(__file__).parent / "lua" / "order.lua").read_text()
 SLICES = 3  # arrival sets looked at: the current slice and the two before it
+COUNTS, FOLLOWER, REPEAT = 1, 2, 4  # event flags in the script's input and reply
 
 
 @dataclass(slots=True)
@@ -92,32 +93,31 @@ class Ordering:
 
     async def order(self, items: list[Incoming], now: datetime, index: NameIndex) -> OrderResult:
         """The batch's evaluation order (one script call)."""
-        events: list[dict[str, Any]] = []
+        flat: list[str | int] = []
+        followers: list[str | int] = []
         raws: list[bytes] = []
         declared = self._declared(now)
-        for item in items:
-            follower = bool(item.follows) and item.waits and item.follows != item.id
-            raw_at = 0
-            if follower:
+        for number, item in enumerate(items, 1):
+            flags = 0 if item.name in SKIPPED_EVENTS else COUNTS
+            if item.follows and item.waits and item.follows != item.id:
+                flags |= FOLLOWER
                 raws.append(item.raw)
-                raw_at = 2 + len(raws)
-            events.append({"i": item.id, "o": item.occurred_us,
-                           "f": item.follows if follower else "", "w": follower,
-                           "c": item.name not in SKIPPED_EVENTS, "r": raw_at})
+                followers += (number, item.follows, 3 + len(raws))
+                if self.declare_keys:
+                    declared.append(self.keys.followers(item.follows))
+            flat += (item.id, item.occurred_us, flags)
             if self.declare_keys:
                 declared.append(self.keys.followers(item.id))
-                if follower and item.follows:
-                    declared.append(self.keys.followers(item.follows))
         reply = await self._script(keys=declared, args=[
-            self._header(now, mode="batch"), orjson.dumps(events), *raws])
-        return self._result(reply, items, index)
+            self._header(now, mode="batch"), orjson.dumps(flat), orjson.dumps(followers), *raws])
+        return self._result(reply, items, now, index)
 
     async def lost(self, now: datetime, index: NameIndex) -> OrderResult:
         """Followers held for ``follows_wait_s`` or longer, oldest ``occurred`` first (with
         the followers they release)."""
         reply = await self._script(keys=self._declared(now), args=[self._header(
             now, mode="lost", cutoff=micros(now) - self.wait_us, limit=self.batch_size)])
-        return self._result(reply, [], index)
+        return self._result(reply, [], now, index)
 
     async def forget(self, released: list[tuple[str, str]]) -> None:
         """The released followers were applied: they are held no more."""
@@ -149,29 +149,78 @@ class Ordering:
             keys += [self.keys.arrived(current - n) for n in range(SLICES)]
         return keys
 
-    def _result(self, reply: list[Any], items: list[Incoming], index: NameIndex
-                ) -> OrderResult:
-        parked, new = int(reply[0]), int(reply[1])
-        ordered: list[Ordered] = []
-        released: list[tuple[str, str]] = []
-        for at in range(2, len(reply), 4):
-            source, raw, asof, leader = reply[at:at + 4]
-            if source:
-                n = int(source) - 1
-                ordered.append(Ordered(items[n], int(asof), n))
+    def _result(self, reply: list[Any], items: list[Incoming], now: datetime,
+                index: NameIndex) -> OrderResult:
+        """The order, rebuilt from the script's exceptions; each event's "as of" clock is
+        the script's, recomputed here (new counted events move it, in evaluation order)."""
+        parked, new, stored = int(reply[0]), int(reply[1]), reply[2]
+        held: set[int] = set()
+        repeats: set[int] = set()
+        after: dict[int, list[Released]] = {}
+        at = 3
+        while at < len(reply):
+            kind = reply[at]
+            if kind == b"r":
+                n, raw, leader, occurred, flags = reply[at + 1:at + 6]
+                after.setdefault(int(n), []).append(
+                    Released(bytes(raw), bytes(leader).decode(), int(occurred), int(flags)))
+                at += 6
                 continue
-            leader_id = leader.decode() if isinstance(leader, bytes) else str(leader)
-            try:
-                item = decode_event(bytes(raw), index)
-            except InvalidEvent:  # valid when held; a changed model must not block: dropped
-                stale = _id_of(bytes(raw))
-                if stale:
-                    released.append((leader_id, stale))
+            (held if kind == b"h" else repeats).add(int(reply[at + 1]))
+            at += 2
+        result = OrderResult([], parked, new, [])
+        clock = _Clock(int(stored) if stored else None, micros(now))
+        for released in after.get(0, ()):
+            self._released(result, released, clock, index)
+        for number, item in enumerate(items, 1):
+            if number in held:
                 continue
-            item.waits = False
-            released.append((leader_id, item.id))
-            ordered.append(Ordered(item, int(asof), -1))
-        return OrderResult(ordered, parked, new, released)
+            if number not in repeats and item.name not in SKIPPED_EVENTS:
+                clock.count(item.occurred_us)
+            result.items.append(Ordered(item, clock.value, number - 1))
+            for released in after.get(number, ()):
+                self._released(result, released, clock, index)
+        return result
+
+    def _released(self, result: OrderResult, released: Released, clock: _Clock,
+                  index: NameIndex) -> None:
+        try:
+            item = decode_event(released.raw, index)
+        except InvalidEvent:  # valid when held; a changed model must not block: dropped
+            stale = _id_of(released.raw)
+            if stale:
+                result.released.append((released.leader, stale))
+            return
+        item.waits = False
+        if released.flags & COUNTS and not released.flags & REPEAT:
+            clock.count(released.occurred_us)
+        result.released.append((released.leader, item.id))
+        result.items.append(Ordered(item, clock.value, -1))
+
+
+@dataclass(slots=True)
+class Released:
+    raw: bytes
+    leader: str
+    occurred_us: int
+    flags: int
+
+
+class _Clock:
+    """The events clock as the script moves it: the latest ``min(occurred, now)``."""
+
+    __slots__ = ("_set", "now_us", "value")
+
+    def __init__(self, stored: int | None, now_us: int) -> None:
+        self.now_us = now_us
+        self._set = stored is not None
+        self.value = stored if stored is not None else now_us
+
+    def count(self, occurred_us: int) -> None:
+        at = min(occurred_us, self.now_us)
+        if not self._set or at > self.value:
+            self.value = at
+            self._set = True
 
 
 def _id_of(raw: bytes) -> str | None:

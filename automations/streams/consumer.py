@@ -311,7 +311,10 @@ class StreamConsumer:
             log.exception("%s/%s: handler failed on %d entries", self.stream, self.group,
                           len(entries))
         limit = self.settings.max_deliveries
-        given_up = [Reject(e, reason) for e in entries if e.deliveries >= limit]
+        # An outage (or a cluster slot in migration) says nothing against the entries: they
+        # wait for Redis, however many times they were delivered meanwhile.
+        given_up = [] if outage else [Reject(e, reason) for e in entries
+                                      if e.deliveries >= limit]
         if given_up:
             await self._dead_letter(given_up)
         for e in entries:
@@ -344,3 +347,18 @@ class StreamConsumer:
                         "dead_stream": self.dead_stream,
                         "entry_ids": [r.entry.id for r in rejects[:20]],
                         "reason": rejects[0].reason})
+
+
+async def run_restarting(consumer: StreamConsumer, stopping: anyio.Event) -> None:
+    """``consumer.run()`` until it is stopped; an error it raises (outages are handled inside)
+    is logged and the consumer restarted after a backoff, so a service that reads several
+    streams (one outbox per partition) never loses the others to one failing stream."""
+    backoff = Backoff(f"{consumer.stream}/{consumer.group} consumer",
+                      cap_s=consumer.settings.reconnect_max_s, logger=log)
+    while not (consumer.stopping or stopping.is_set()):
+        try:
+            await consumer.run()
+        except Exception as exc:
+            log.exception("%s/%s: consumer %s failed; restarting it", consumer.stream,
+                          consumer.group, consumer.consumer)
+            await backoff.wait(exc, stopping, outage=False)

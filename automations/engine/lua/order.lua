@@ -1,5 +1,6 @@
 -- `follows` ordering and the events clock, for one engine batch (or the bounded-wait release
--- of lost followers), atomically, in the global slot. engine/ordering.py builds the inputs.
+-- of lost followers), atomically, in the global slot. engine/ordering.py builds the inputs
+-- and rebuilds the order from the reply.
 --
 -- ARGV[1] header, a JSON object:
 --   now     wall clock (us)
@@ -11,10 +12,12 @@
 --   held    hash of held followers: id -> "<occurred us> <counts 1|0> <raw JSON>"
 --   wl      waitlist zset of held followers (id -> wall us held at)
 --   ck      events clock hash (c: clock us, u: wall us it was set at)
---   mode    "batch": ARGV[2] lists the batch's events; "lost": the followers held since
+--   mode    "batch": ARGV[2..3] list the batch's events; "lost": the followers held since
 --           before `cutoff` (us), at most `limit`, go in (occurred, id) order
--- ARGV[2] (batch) events in stream order: {i id, o occurred us, f follows id or "",
---   w may wait, c counts for the clock, r ARGV index of its raw JSON (followers only) or 0}
+-- ARGV[2] (batch) the events in stream order, flat: id, occurred us, flags (1: counts for
+--   the clock, 2: a follower that may wait), ...
+-- ARGV[3] (batch) the followers, flat: event number (1-based), leader id, ARGV index of its
+--   raw JSON, ...
 --
 -- An event goes unless it follows a leader that has not arrived (within the kept slices) and
 -- may wait: it is then held. An event that goes is marked arrived and releases its held
@@ -22,20 +25,22 @@
 -- followers stay held (and their leader's followers set stays) until the engine has applied
 -- them and calls `forget`: a failure in between releases them again (the partitions dedupe).
 --
--- Returns {parked, new, rows...}: per event that goes, in evaluation order, 4 values:
---   source: a batch index (1-based number as a string) or "" for a released follower
---   raw:    the released follower's raw JSON ("" for a batch event)
---   asof:   the events clock (us) once the event is counted
---   leader: the id of the event that released it ("" for a batch event or a lost one)
+-- Returns {parked, new, clock before the call (us, "" when unset), exceptions...}. Events not
+-- named by an exception went, in order, for the first time. Exceptions, in evaluation order:
+--   "h", n                                 event n was held
+--   "d", n                                 event n went, but had arrived before
+--   "r", n, raw, leader, occurred, flags   a released follower went right after event n (0:
+--                                          a lost follower); flags 1 counts, 4 a repeat
 local H = cjson.decode(ARGV[1])
 local NOW = H.now
 local SL = math.floor(NOW / H.slice)
-local CUR = H.ap .. string.format('%.0f', SL)
 
 local function fmt(n) return string.format('%.0f', n) end
 
-local clock = tonumber(redis.call('HGET', H.ck, 'c') or 'nil')
-local rows = {}
+local CUR = H.ap .. fmt(SL)
+local stored = redis.call('HGET', H.ck, 'c')
+local clock = tonumber(stored or 'nil')
+local out = {0, 0, stored or ''}
 local parked, new, moved = 0, 0, false
 local any_held = redis.call('EXISTS', H.held) == 1
 local skip = {}  -- lost mode: the claimed followers keep their own place
@@ -45,6 +50,18 @@ local function arrived(id)
     if redis.call('SISMEMBER', H.ap .. fmt(s), id) == 1 then return true end
   end
   return false
+end
+
+-- Marks `id` arrived; true when it is new (then a counted event moves the clock).
+local function arrive(id, occurred, counts)
+  if redis.call('SADD', CUR, id) == 0 then return false end
+  new = new + 1
+  if counts then
+    local at = math.min(occurred, NOW)
+    if clock == nil or at > clock then clock = at end
+    moved = true
+  end
+  return true
 end
 
 -- "<occurred> <counts> <raw>" -> occurred, counts, raw
@@ -60,10 +77,20 @@ local function by_time(x, y)
   return x.id < y.id
 end
 
-local go
+local release
 
--- The held followers of `id`, in (occurred, id) order.
-local function release(id)
+-- A follower goes: it arrives, is reported after event `after`, releases its own followers.
+local function go_released(after, it, leader)
+  local flags = 0
+  if it.c then flags = 1 end
+  if not arrive(it.id, it.o, it.c) then flags = flags + 4 end
+  out[#out + 1] = 'r'; out[#out + 1] = after; out[#out + 1] = it.raw
+  out[#out + 1] = leader; out[#out + 1] = fmt(it.o); out[#out + 1] = flags
+  release(after, it.id)
+end
+
+-- The held followers of `id` go, in (occurred, id) order.
+release = function(after, id)
   if not any_held then return end
   local fids = redis.call('SMEMBERS', H.fp .. id)
   if #fids == 0 then return end
@@ -76,23 +103,7 @@ local function release(id)
     end
   end
   table.sort(items, by_time)
-  for _, it in ipairs(items) do go('', it.raw, it.id, it.o, it.c, id) end
-end
-
-go = function(source, raw, id, occurred, counts, leader)
-  if redis.call('SADD', CUR, id) == 1 then
-    new = new + 1
-    if counts then
-      local at = math.min(occurred, NOW)
-      if clock == nil or at > clock then clock = at end
-      moved = true
-    end
-  end
-  rows[#rows + 1] = source
-  rows[#rows + 1] = raw
-  rows[#rows + 1] = fmt(clock or NOW)
-  rows[#rows + 1] = leader
-  release(id)
+  for _, it in ipairs(items) do go_released(after, it, id) end
 end
 
 if H.mode == 'lost' then
@@ -111,29 +122,39 @@ if H.mode == 'lost' then
     end
   end
   table.sort(items, by_time)
-  for _, it in ipairs(items) do go('', it.raw, it.id, it.o, it.c, '') end
+  for _, it in ipairs(items) do go_released(0, it, '') end
 else
   local evs = cjson.decode(ARGV[2])
-  for n, e in ipairs(evs) do
-    local hold = false
-    if e.f ~= '' and e.w and not arrived(e.f) and not arrived(e.i) then hold = true end
-    if hold then
-      redis.call('SADD', H.fp .. e.f, e.i)
-      redis.call('PEXPIRE', H.fp .. e.f, H.fttl)
+  local followers = {}  -- event number -> {leader, raw index}
+  local fl = cjson.decode(ARGV[3])
+  for j = 1, #fl, 3 do followers[fl[j]] = {fl[j + 1], fl[j + 2]} end
+  local n = 0
+  for j = 1, #evs, 3 do
+    n = n + 1
+    local id, occurred, flags = evs[j], evs[j + 1], evs[j + 2]
+    local counts = flags % 2 == 1
+    local f = followers[n]
+    if f and not arrived(f[1]) and not arrived(id) then
+      redis.call('SADD', H.fp .. f[1], id)
+      redis.call('PEXPIRE', H.fp .. f[1], H.fttl)
       local c = '0'
-      if e.c then c = '1' end
-      redis.call('HSET', H.held, e.i, fmt(e.o) .. ' ' .. c .. ' ' .. ARGV[e.r])
-      redis.call('ZADD', H.wl, 'NX', fmt(NOW), e.i)
+      if counts then c = '1' end
+      redis.call('HSET', H.held, id, fmt(occurred) .. ' ' .. c .. ' ' .. ARGV[f[2]])
+      redis.call('ZADD', H.wl, 'NX', fmt(NOW), id)
       parked = parked + 1
       any_held = true
+      out[#out + 1] = 'h'; out[#out + 1] = n
     else
-      go(tostring(n), '', e.i, e.o, e.c, '')
+      if not arrive(id, occurred, counts) then
+        out[#out + 1] = 'd'; out[#out + 1] = n
+      end
+      release(n, id)
     end
   end
 end
 
-if #rows > 0 then redis.call('EXPIRE', CUR, H.keep) end
+if new > 0 then redis.call('EXPIRE', CUR, H.keep) end
 if moved then redis.call('HSET', H.ck, 'c', fmt(clock), 'u', fmt(NOW)) end
-local out = {parked, new}
-for _, v in ipairs(rows) do out[#out + 1] = v end
+out[1] = parked
+out[2] = new
 return out
