@@ -15,7 +15,12 @@ One entry per event, fields:
   id; "" for a follower released after its batch)
 - ``counted``: comma-joined ids of the automations with a trigger that took the event (name
   and resources matched: it counted, or opened a window)
-- ``missed``: ids of the automations whose triggers matched the name only (near misses)
+- ``missed``: ids of the automations whose triggers matched the name only (near misses), at
+  most ``MISSED_LISTED`` of them (with thousands of automations watching a name, listing all
+  would cost Redis more than evaluating the event)
+- ``missed_count``: how many near misses there were; when more than ``missed`` lists, readers
+  take the others from the automations watching the event's name (``Decision.near_miss``).
+  Entries written before it existed list every near miss.
 - ``immediate``: ids of those among ``counted`` with a stateless trigger (Reactive, within 0,
   threshold 1), which fires on every new event it takes
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,17 +51,22 @@ from automations.streams.consumer import Entry
 log = logging.getLogger(__name__)
 
 WRITE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, redis.exceptions.RedisError)
-FIELDS = ("event_id", "event", "occurred", "entry", "counted", "missed", "immediate")
+FIELDS = ("event_id", "event", "occurred", "entry", "counted", "missed", "missed_count",
+          "immediate")
+MISSED_LISTED = 10  # near-miss ids an entry lists at most
+WATCHERS_CACHE = 1_000  # distinct name plans whose automation ids are remembered
+Watchers = tuple[tuple[str, ...], frozenset[str]]  # a plan's automation ids: ordered, a set
 
 # ARGV: stream, maxlen, then per entry the values of FIELDS in order.
 WRITE_LUA = """
 local n = #ARGV
-for j = 3, n, 7 do
+for j = 3, n, 8 do
   redis.call('XADD', ARGV[1], 'MAXLEN', '~', ARGV[2], '*',
     'event_id', ARGV[j], 'event', ARGV[j + 1], 'occurred', ARGV[j + 2], 'entry', ARGV[j + 3],
-    'counted', ARGV[j + 4], 'missed', ARGV[j + 5], 'immediate', ARGV[j + 6])
+    'counted', ARGV[j + 4], 'missed', ARGV[j + 5], 'missed_count', ARGV[j + 6],
+    'immediate', ARGV[j + 7])
 end
-return (n - 2) / 7
+return (n - 2) / 8
 """
 
 
@@ -72,10 +82,24 @@ class Decision:
     counted: tuple[str, ...]
     missed: tuple[str, ...]
     immediate: tuple[str, ...]
+    missed_count: int = 0  # near misses, listed in ``missed`` or not
 
     @property
     def logged_at(self) -> datetime:
         return from_micros(int(self.log_id.partition("-")[0]) * 1000)
+
+    @property
+    def missed_all(self) -> bool:
+        """Does ``missed`` list every near miss?"""
+        return self.missed_count <= len(self.missed)
+
+    def near_miss(self, automation_id: str, watches_name: bool) -> bool:
+        """Did the event match this automation's trigger names but not its resources?
+        ``watches_name``: the automation watches the event's name NOW, the answer for the
+        near misses an entry does not list."""
+        if automation_id in self.counted:
+            return False
+        return automation_id in self.missed or (not self.missed_all and watches_name)
 
     @classmethod
     def parse(cls, log_id: bytes | str, fields: Mapping[bytes, bytes]) -> Decision:
@@ -85,11 +109,12 @@ class Decision:
         def ids(name: str) -> tuple[str, ...]:
             return tuple(i for i in text(name).split(",") if i)
 
+        missed = ids("missed")
         return cls(
             log_id=log_id.decode() if isinstance(log_id, bytes) else log_id,
             event_id=text("event_id"), event=text("event"), occurred=text("occurred"),
-            entry=text("entry"), counted=ids("counted"), missed=ids("missed"),
-            immediate=ids("immediate"),
+            entry=text("entry"), counted=ids("counted"), missed=missed,
+            immediate=ids("immediate"), missed_count=int(text("missed_count") or len(missed)),
         )
 
 
@@ -105,6 +130,7 @@ class DecisionLog:
         self._entries: Sequence[Entry] = ()
         self._entry_of: dict[bytes, str] | None = None
         self._failing = False
+        self._watchers: dict[int, tuple[Sequence[Step], Watchers]] = {}  # by id(plan steps)
         self.written = 0
 
     def __repr__(self) -> str:
@@ -131,15 +157,42 @@ class DecisionLog:
             counted[spec.automation_id] = None
             if spec.fires_at_once:
                 immediate[spec.automation_id] = None
-        missed = "" if len(kept) == len(watching) else ",".join(dict.fromkeys(
-            s.spec.automation_id for s in watching if s.spec.automation_id not in counted))
+        missed, missed_count = self._missed(watching, counted)
         event_id = str(event.id)
         args = self._open.get(id(batch))
         if args is None:
             args = self._open[id(batch)] = (batch, [])
         args[1].extend((event_id, event.event, event.occurred.isoformat(),
                         self._entry_id(event_id), ",".join(counted), missed,
-                        ",".join(immediate)))
+                        str(missed_count), ",".join(immediate)))
+
+    def _missed(self, watching: Sequence[Step], counted: Collection[str]) -> tuple[str, int]:
+        """The near misses: the first ``MISSED_LISTED`` ids (comma-joined) and how many
+        (the watching automations less the counted ones: no walk over all of them)."""
+        watchers, distinct = self._automations(watching)
+        missed_count = len(watchers) - sum(1 for aid in counted if aid in distinct)
+        if not missed_count:
+            return "", 0
+        listed: list[str] = []
+        for aid in watchers:  # stops after MISSED_LISTED + len(counted) ids at most
+            if aid not in counted:
+                listed.append(aid)
+                if len(listed) == MISSED_LISTED:
+                    break
+        return ",".join(listed), missed_count
+
+    def _automations(self, watching: Sequence[Step]) -> Watchers:
+        """The distinct automation ids of a name plan's steps, in order and as a set
+        (computed once per plan)."""
+        found = self._watchers.get(id(watching))
+        if found is not None and found[0] is watching:
+            return found[1]
+        if len(self._watchers) >= WATCHERS_CACHE:
+            self._watchers.clear()
+        ids = tuple(dict.fromkeys(s.spec.automation_id for s in watching))
+        watchers = (ids, frozenset(ids))
+        self._watchers[id(watching)] = (watching, watchers)
+        return watchers
 
     def write(self, batch: object) -> asyncio.Task[None] | None:
         """Send ``batch``'s decisions (a task started now, beside its window script call);
@@ -153,7 +206,7 @@ class DecisionLog:
 
     async def _send(self, values: list[str]) -> None:
         try:
-            await self._script(args=[self.stream, self.maxlen, *values])
+            await self._script(keys=[self.stream], args=[self.stream, self.maxlen, *values])
         except WRITE_ERRORS as exc:
             if not self._failing:
                 log.warning("decision log: entries not written (%s); explain will not show "

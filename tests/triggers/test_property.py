@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from automations.connection import connect
 from automations.events import Event
 from automations.models import Automation
 from automations.settings import Settings
@@ -140,7 +141,7 @@ async def _run(redis_url: str, automations: list[Automation], specs: list[Step],
     config = Settings(redis_url=redis_url, prefix=prefix, follows_wait_s=FOLLOWS_WAIT_S,
                       block_ms=10, consumer_name="prop", partitions=partitions,
                       redis_cluster=cluster)
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(config)
     clock = Clock()
     h = Harness(client, config, clock, engines=engines)
     reference = ReferenceEvaluator(automations, follows_wait=timedelta(seconds=FOLLOWS_WAIT_S))
@@ -169,8 +170,8 @@ async def _run(redis_url: str, automations: list[Automation], specs: list[Step],
             cursor = await _mirror_automation_events(client, h, reference, clock, cursor)
     finally:
         found = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if found:
-            await client.delete(*found)
+        for name in found:  # one at a time: on a cluster they live in several slots
+            await client.delete(name)
         await client.aclose()
 
 
