@@ -186,6 +186,11 @@ class Engine:
         self._consumer.stop()
         self.announcer.stop()
 
+    @property
+    def failed_batches(self) -> int:
+        """Batches whose handling failed and was retried (outages, slots in migration)."""
+        return self._consumer.failures
+
     async def run_until_idle(self) -> int:
         """Handle every pending and new event, and announce every firing (whose events are
         handled in turn); returns how many events-stream entries were handled (for tests and
