@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from automations.events import Event
 from triggers.matching import LabelRef, Labels, NameMatcher, ResourceMatcher, SpecLike
+from triggers.sieve import Anchor, best_anchor
 
 
 class CompiledTrigger:
@@ -22,6 +23,7 @@ class CompiledTrigger:
         "_expect_all",
         "_match",
         "_related",
+        "anchor",
         "for_each",
         "labels",
         "trigger",
@@ -34,6 +36,8 @@ class CompiledTrigger:
         self.trigger = trigger  # the model it was compiled from (a cache check)
         self._match = ResourceMatcher(match)
         self._related = tuple(ResourceMatcher(s) for s in match_related)
+        # the exact label value the resources must have, for ``ResourceSieve`` (None: any)
+        self.anchor: Anchor | None = best_anchor(match, match_related)
         self._expect = NameMatcher(expect)
         self._expect_all = not self._expect
         self._after = NameMatcher(after)

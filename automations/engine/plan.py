@@ -2,9 +2,10 @@
 and per (trigger, ``for_each`` key), the arguments of its bucket operation.
 
 ``TriggerIndex.candidates`` and the name half of ``covers`` depend on the event name only, so
-they run once per distinct name (``steps``) instead of once per event; what is left per event
-is the resource check and, for triggers with ``for_each``, building the bucket key
-(``OpTemplate``, see ``window``). Everything here is derived from the loaded
+they run once per distinct name (``steps``) instead of once per event. What is left per event
+is the resource check, of only the steps a ``ResourceSieve`` finds by the event's label values
+(``match``), and, for triggers with ``for_each``, building the bucket key (``OpTemplate``,
+see ``window``). Everything here is derived from the loaded
 automations: the owner calls ``clear()`` whenever they change.
 """
 
@@ -21,6 +22,7 @@ from automations.events import Event
 from automations.keys import Keys
 from triggers.compiled import CompiledTrigger
 from triggers.index import TriggerIndex
+from triggers.sieve import ResourceSieve
 
 NAME_CACHE = 10_000  # distinct event names remembered
 KEY_CACHE = 100_000  # distinct (for_each labels, key) encodings remembered
@@ -47,16 +49,27 @@ class Step:
         )
 
 
+def _compiled(step: Step) -> CompiledTrigger:
+    return step.compiled
+
+
 @dataclass(frozen=True, slots=True)
 class NamePlan:
     """The steps of one event name, in index order; ``ordered`` when a composite child is
-    among them (the engine then sorts an event's ops by automation and trigger walk)."""
+    among them (the engine then sorts an event's ops by automation and trigger walk);
+    ``sieve`` finds the steps an event's resources may interest without checking them all."""
 
     steps: tuple[Step, ...]
     ordered: bool
+    sieve: ResourceSieve[Step]
+
+    @classmethod
+    def of(cls, steps: tuple[Step, ...]) -> NamePlan:
+        return cls(steps, not all(s.spec.top_level for s in steps),
+                   ResourceSieve(steps, _compiled))
 
 
-EMPTY = NamePlan((), False)
+EMPTY = NamePlan.of(())
 
 
 class Planner:
@@ -84,8 +97,9 @@ class Planner:
         """The event's name plan and, of its steps, those whose resources the event covers
         (in index order)."""
         plan = self.plan(event.event)
-        resource, related = event.resource, event.related
-        return plan, [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
+        if not plan.steps:
+            return plan, []
+        return plan, plan.sieve.covering(event.resource, event.related)
 
     def plan(self, name: str) -> NamePlan:
         plan = self._plans.get(name)
@@ -101,9 +115,7 @@ class Planner:
             compiled = candidate.trigger.compiled
             if compiled.name_covered(name):
                 steps.append(self._step(self.spec_of(id(candidate.trigger)), compiled, name))
-        if not steps:
-            return EMPTY
-        return NamePlan(tuple(steps), not all(s.spec.top_level for s in steps))
+        return NamePlan.of(tuple(steps)) if steps else EMPTY
 
     def _step(self, spec: WindowSpec, compiled: CompiledTrigger, name: str) -> Step:
         keys = self.keys.partition(spec.partition)

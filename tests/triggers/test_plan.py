@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from uuid import uuid4
 
-from automations.engine.plan import Planner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from automations.engine.plan import EMPTY, Planner
 from automations.engine.specs import immediate, window_specs
+from automations.events import Event
 from automations.keys import Keys
+from tests.triggers.test_sieve import resources, specs
 from triggers.index import TriggerIndex
 from triggers.models import CompoundTrigger, EventTrigger, Posture
 
@@ -45,16 +51,66 @@ def test_static_and_keyed_templates_name_the_right_keys() -> None:
     planner, keys, (a1, a2) = planner_for(plain, keyed)
     first, second = planner.candidates("x")
     assert first.template == (
-        first.spec.ref, keys.bucket(a1, str(plain.id), ""), "{}", "", False, True, "")
+        first.spec.ref, keys.of(a1).bucket(a1, str(plain.id), ""), "{}", "", False, True, "")
     assert second.template is None
     key_str, labels = planner.encode(second.compiled, ("r1",))
     assert (key_str, labels) == ('["r1"]', '{"prefect.resource.id":"r1"}')
     assert second.keyed(key_str, labels) == (
-        second.spec.ref, keys.bucket(a2, str(keyed.id), key_str), labels,
-        keys.held_expect(a2, str(keyed.id), key_str), True, True,
-        keys.unresolved(a2, str(keyed.id), key_str),
+        second.spec.ref, keys.of(a2).bucket(a2, str(keyed.id), key_str), labels,
+        keys.of(a2).held_expect(a2, str(keyed.id), key_str), True, True,
+        keys.of(a2).unresolved(a2, str(keyed.id), key_str),
     )
     assert first.spec.ref != second.spec.ref
+
+
+def test_match_checks_only_the_steps_the_event_labels_may_interest() -> None:
+    rid, role = "prefect.resource.id", "prefect.resource.role"
+    deployments = [EventTrigger(expect={"x"}, match_related={role: "deployment", rid: f"d{i}"})
+                   for i in range(20)]
+    anywhere = EventTrigger(expect={"x"}, match={rid: "run.*"})
+    other_name = EventTrigger(expect={"y"}, match_related={rid: "d3"})
+    planner, _, _ = planner_for(*deployments, anywhere, other_name)
+    related = [{role: "deployment", rid: "d3"}]
+    plan, steps = planner.match(Event(event="x", resource={rid: "run.1"}, related=related))
+    assert [s.spec.trigger for s in steps] == [deployments[3], anywhere]
+    assert plan is planner.plan("x") and plan.steps == planner.candidates("x")
+    assert len(plan.steps) == 21
+    assert planner.match(Event(event="x", resource={rid: "job.1"}, related=related))[1] == [
+        plan.steps[3]]
+    assert planner.match(Event(event="z", resource={rid: "run.1"})) == (EMPTY, [])
+
+
+# an event's resources have an id, related ones a role too
+identified = resources.map(lambda r: {"prefect.resource.id": "a", **r})
+in_role = identified.map(lambda r: {"prefect.resource.role": "a", **r})
+names = st.sets(st.sampled_from(["a", "b", "c*"]), max_size=2)
+
+
+@st.composite
+def triggers(draw: st.DrawFn) -> EventTrigger | CompoundTrigger:
+    def one() -> EventTrigger:
+        related: Any = draw(st.one_of(specs, st.lists(specs, max_size=2)))
+        return EventTrigger(expect=draw(names), after=draw(names), match=draw(specs),
+                            match_related=related)
+
+    if draw(st.booleans()):
+        return one()
+    return CompoundTrigger(require="any", triggers=[one(), one()])
+
+
+@settings(max_examples=300, deadline=None)
+@given(triggers=st.lists(triggers(), min_size=1, max_size=8),
+       events=st.lists(st.tuples(st.sampled_from(["a", "b", "cc"]), identified,
+                                 st.lists(in_role, max_size=3)), min_size=1, max_size=6))
+def test_match_equals_the_full_scan(
+    triggers: list[EventTrigger | CompoundTrigger],
+    events: list[tuple[str, dict[str, str], list[dict[str, str]]]],
+) -> None:
+    planner, _, _ = planner_for(*triggers)
+    for name, resource, related in events:
+        plan, steps = planner.match(Event(event=name, resource=resource, related=related))
+        assert plan is planner.plan(name)
+        assert steps == [s for s in plan.steps if s.compiled.resources_covered(resource, related)]
 
 
 def test_composite_children_are_ordered_and_clear_forgets_plans() -> None:
