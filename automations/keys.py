@@ -201,6 +201,11 @@ class Keys:
     def done(self, idempotency_key: str) -> str:
         return f"{self.g}:done:{idempotency_key}"
 
+    def announced(self, event_id: str) -> str:
+        """Set (with a TTL) when the announcer published the automation event ``event_id``:
+        each once, though the outbox entry is acked after (``engine/outbox.py``)."""
+        return f"{self.g}:announced:{event_id}"
+
     # actions (dispatcher)
     @property
     def action_retries(self) -> str:

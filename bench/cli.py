@@ -23,6 +23,7 @@ from bench.scenarios import (
     decisions,
     durability,
     latency,
+    light,
     memory,
     overload,
     peer,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "durability": durability.run,
     "console": console_scenario.run,
     "realistic": realistic.run,
+    "light": light.run,
 }
 
 console = Console(width=None if sys.stdout.isatty() else 1000)

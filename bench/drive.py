@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ from automations.models import Automation
 from bench.harness import (
     CACHE_DIR,
     Bench,
+    NodeSample,
+    Row,
     StreamEntry,
     cpu_seconds,
     group_progress,
-    redis_cpu_seconds,
+    sample_node,
     xrange_after,
 )
 from bench.procs import ServiceProcess
@@ -39,24 +42,26 @@ def write_automations(prefix: str, automations: list[Automation]) -> Path:
 
 async def start_engines(
     bench: Bench, prefix: str, automations: list[Automation], *, processes: int = 1,
-    timer: bool = False, batch_size: int | None = None,
+    timer: bool = False, batch_size: int | None = None, partitions: int = 1,
 ) -> list[ServiceProcess]:
     """Create the engine group at the stream's start, then start ``processes`` engines (and
-    the proactive timer, if asked) and wait until every one has loaded its automations
-    (not yet working: call ``go()`` on each)."""
-    await ensure_group(bench.redis, Keys(prefix).events, ENGINE_GROUP)
+    the proactive timer, if asked) on ``partitions`` partitions and wait until every one has
+    loaded its automations (not yet working: call ``go()`` on each)."""
+    await ensure_group(bench.redis, Keys(prefix, partitions).events, ENGINE_GROUP)
     path = write_automations(prefix, automations)
     engines = []
+    layout = layout_arguments(bench, partitions)
     for i in range(processes):
         args = ["--redis-url", bench.redis_url, "--prefix", prefix, "--automations", str(path),
-                "--consumer", f"bench-engine-{i}"]
+                "--consumer", f"bench-engine-{i}", *layout]
         if batch_size:
             args += ["--batch-size", str(batch_size)]
         engines.append(ServiceProcess("bench.run_engine", args, name=f"{prefix}-engine-{i}"))
     if timer:
         engines.append(ServiceProcess(
             "bench.run_timer",
-            ["--redis-url", bench.redis_url, "--prefix", prefix], name=f"{prefix}-timer"))
+            ["--redis-url", bench.redis_url, "--prefix", prefix, *layout],
+            name=f"{prefix}-timer"))
     try:
         await asyncio.gather(*(engine.start() for engine in engines))
     except BaseException:
@@ -64,6 +69,11 @@ async def start_engines(
             await engine.stop()
         raise
     return engines
+
+
+def layout_arguments(bench: Bench, partitions: int) -> list[str]:
+    """A child's partitions, and ``--cluster`` when the bench's Redis is a cluster."""
+    return ["--partitions", str(partitions), *(["--cluster"] if bench.cluster else [])]
 
 
 class StreamCursor:
@@ -82,35 +92,50 @@ class StreamCursor:
         return found
 
 
-async def read_firings(redis: aioredis.Redis, stream: str) -> list[dict[str, Any]]:
-    """Every firing in the outbox, decoded, in stream order."""
-    entries = await StreamCursor(redis, stream).new_entries()
-    return [firing for _, fields in entries for firing in firing_dicts(fields)]
+Outboxes = str | Sequence[str]
+"""One outbox, or several (``Keys.outboxes``: every partition's)."""
+
+
+def _each(outboxes: Outboxes) -> list[str]:
+    return [outboxes] if isinstance(outboxes, str) else list(outboxes)
+
+
+async def read_firings(redis: aioredis.Redis, outboxes: Outboxes) -> list[dict[str, Any]]:
+    """Every firing in the outboxes, decoded, in stream order (outbox by outbox)."""
+    found: list[dict[str, Any]] = []
+    for stream in _each(outboxes):
+        entries = await StreamCursor(redis, stream).new_entries()
+        found += [firing for _, fields in entries for firing in firing_dicts(fields)]
+    return found
 
 
 class FiringCounter:
-    """Counts the firings in an outbox as it grows (an engine entry lists all those of one
-    event), reading each entry once."""
+    """Counts the firings in the outboxes as they grow (an engine entry lists all those of
+    one event), reading each entry once."""
 
-    def __init__(self, redis: aioredis.Redis, stream: str) -> None:
-        self._cursor = StreamCursor(redis, stream)
+    def __init__(self, redis: aioredis.Redis, outboxes: Outboxes) -> None:
+        self._cursors = [StreamCursor(redis, stream) for stream in _each(outboxes)]
         self.count = 0
 
     async def update(self) -> int:
-        for _, fields in await self._cursor.new_entries():
-            self.count += firing_count(fields)
+        for cursor in self._cursors:
+            for _, fields in await cursor.new_entries():
+                self.count += firing_count(fields)
         return self.count
 
 
-async def count_firings(redis: aioredis.Redis, stream: str) -> int:
-    """How many firings the outbox holds."""
-    return await FiringCounter(redis, stream).update()
+async def count_firings(redis: aioredis.Redis, outboxes: Outboxes) -> int:
+    """How many firings the outboxes hold."""
+    return await FiringCounter(redis, outboxes).update()
 
 
-async def all_announced(redis: aioredis.Redis, stream: str) -> bool:
+async def all_announced(redis: aioredis.Redis, outboxes: Outboxes) -> bool:
     """Whether the engines' announcer has published the events of every outbox entry."""
-    _, outstanding = await group_progress(redis, stream, ANNOUNCE_GROUP)
-    return outstanding == 0
+    for stream in _each(outboxes):
+        _, outstanding = await group_progress(redis, stream, ANNOUNCE_GROUP)
+        if outstanding:
+            return False
+    return True
 
 
 def per_automation(firings: list[dict[str, Any]]) -> Counter[str]:
@@ -128,29 +153,43 @@ def firing_signature(firing: dict[str, Any]) -> tuple[str, str, str, str]:
 @dataclass
 class Drain:
     """What draining a backlog took: events handled, seconds (to the last progress), and the
-    CPU used meanwhile by Redis and by the engine processes, as a share of one core."""
+    CPU used meanwhile by Redis (every node) and by the engine processes, as a share of one
+    core; ``nodes``: each node's counters over the drain (``bench.nodes`` order)."""
 
     handled: int
     seconds: float
     redis_cpu: float
     engines_cpu: float
+    nodes: list[NodeSample] = field(default_factory=list)
+    wall: float = 0.0
 
     def figures(self) -> dict[str, float]:
         return {"redis_cpu_percent": round(self.redis_cpu * 100),
                 "engines_cpu_percent": round(self.engines_cpu * 100)}
 
+    def redis_figures(self) -> Row:
+        """Every node's cost an event summed (one node: its own), and the engines' CPU."""
+        total = NodeSample(0.0, 0.0, 0.0)
+        for node in self.nodes:
+            total = NodeSample(total.cpu_seconds + node.cpu_seconds,
+                               total.command_usec + node.command_usec,
+                               total.script_usec + node.script_usec)
+        engine = self.engines_cpu * self.wall * 1e6 / self.handled if self.handled else None
+        return {**total.per_event(self.handled),
+                "engine_cpu_us_per_event": round(engine, 1) if engine is not None else None}
+
 
 async def drain_backlog(
     bench: Bench, prefix: str, engines: list[ServiceProcess], encoded: list[tuple[bytes, bytes]],
-    *, limit: float,
+    *, limit: float, partitions: int = 1,
 ) -> Drain:
     """Queue ``encoded`` events, release the engines, and time until all are acknowledged and
     every firing they caused is announced (or ``limit`` seconds). Anything the engines append
     to the events stream themselves comes after the backlog, so only the backlog is counted."""
-    keys = Keys(prefix)
+    keys = Keys(prefix, partitions)
     await push(bench.redis, keys.events, encoded)
     total = len(encoded)
-    redis_before = await redis_cpu_seconds(bench.redis)
+    nodes_before = [await sample_node(node) for node in bench.nodes]
     engines_before = sum(cpu_seconds(e.pid) for e in engines)
     for engine in engines:
         engine.go()
@@ -167,16 +206,19 @@ async def drain_backlog(
         now = time.perf_counter()
         if acked != last:
             last, last_change = acked, now
-        if acked >= total and await all_announced(bench.redis, keys.firings):
+        if acked >= total and await all_announced(bench.redis, keys.outboxes):
             last_change = time.perf_counter()
             break
         if now - start >= limit:
             break
         await asyncio.sleep(0.02)
     wall = max(now - start, 1e-9)
+    nodes = [await sample_node(node) - before for node, before in zip(
+        bench.nodes, nodes_before, strict=True)]
     return Drain(min(max(acked, 0), total), last_change - start,
-                 (await redis_cpu_seconds(bench.redis) - redis_before) / wall,
-                 (sum(cpu_seconds(e.pid) for e in engines) - engines_before) / wall)
+                 sum(node.cpu_seconds for node in nodes) / wall,
+                 (sum(cpu_seconds(e.pid) for e in engines) - engines_before) / wall,
+                 nodes, wall)
 
 
 def webhook_automation(url: str) -> Automation:
@@ -190,14 +232,18 @@ def webhook_automation(url: str) -> Automation:
 
 
 async def start_dispatcher(
-    bench: Bench, prefix: str, automations: list[Automation], *, batch_size: int | None = None
+    bench: Bench, prefix: str, automations: list[Automation], *, batch_size: int | None = None,
+    partitions: int = 1,
 ) -> list[ServiceProcess]:
-    """One dispatcher process with ``automations`` in its store, created at the outbox start."""
-    await ensure_group(bench.redis, Keys(prefix).firings, DISPATCH_GROUP)
+    """One dispatcher process with ``automations`` in its store, its group created at the
+    start of every outbox."""
+    for outbox in Keys(prefix, partitions).outboxes:
+        await ensure_group(bench.redis, outbox, DISPATCH_GROUP)
     path = write_automations(prefix, automations)
     process = ServiceProcess(
         "bench.run_dispatcher",
         ["--redis-url", bench.redis_url, "--prefix", prefix, "--automations", str(path),
+         *layout_arguments(bench, partitions),
          *(["--batch-size", str(batch_size)] if batch_size else [])],
         name=f"{prefix}-dispatcher")
     await process.start()

@@ -11,17 +11,21 @@ import asyncio
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+import automations.engine
+from automations.connection import connect_cluster
 from automations.keys import Keys
 from automations.settings import Settings
 from bench.redis_server import RedisServer
@@ -50,16 +54,25 @@ class Options:
 
 
 class Bench:
-    """What a scenario works with: options, a Redis URL, prefixes, a client and helpers."""
+    """What a scenario works with: options, a Redis URL, prefixes, a client and helpers.
 
-    def __init__(self, options: Options, redis_url: str) -> None:
+    With ``nodes`` (every master's URL) the Redis is a cluster: ``redis`` is redis-py's
+    cluster client (as the services use it), and ``nodes`` holds one plain client per master
+    for what is measured per node (``INFO``)."""
+
+    def __init__(self, options: Options, redis_url: str, *, nodes: Sequence[str] = ()) -> None:
         self.options = options
         self.quick = options.quick
         self.redis_url = redis_url
+        self.cluster = bool(nodes)
         # Generous timeout: a long engine script can hold Redis for seconds (redis-py's default
         # of 5 s would turn that into an error in the benchmark instead of a figure).
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, decode_responses=False, socket_timeout=120)
+        common: dict[str, Any] = {"decode_responses": False, "socket_timeout": 120}
+        self.redis: aioredis.Redis = connect_cluster(redis_url, common) if self.cluster \
+            else aioredis.Redis.from_url(redis_url, **common)
+        self.node_urls = list(nodes) or [redis_url]
+        self.nodes: list[aioredis.Redis] = [
+            aioredis.Redis.from_url(url, **common) for url in nodes] or [self.redis]
         self._prefixes: list[str] = []
         self.busy_replies = 0  # BUSY answers seen while polling: a script held Redis > 5 s
 
@@ -78,19 +91,34 @@ class Bench:
         return Settings(**values)
 
     async def cleanup(self, prefix: str) -> None:
-        batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=f"{prefix}:*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                await self.redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self.redis.unlink(*batch)
+        """Delete the keys of ``prefix`` on every node (on a cluster one UNLINK per key: a
+        node refuses a multi-key call over several slots)."""
+        for node in self.nodes:
+            batch: list[bytes] = []
+            async for key in node.scan_iter(match=f"{prefix}:*", count=5000):
+                batch.append(key)
+                if len(batch) >= 5000:
+                    await self._unlink(node, batch)
+                    batch.clear()
+            if batch:
+                await self._unlink(node, batch)
+
+    async def _unlink(self, node: aioredis.Redis, keys: list[bytes]) -> None:
+        if not self.cluster:
+            await node.unlink(*keys)
+            return
+        async with node.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.unlink(key)
+            await pipe.execute()
 
     async def close(self) -> None:
         for prefix in self._prefixes:
             await self.cleanup(prefix)
             (CACHE_DIR / "data" / f"{prefix}-automations.json").unlink(missing_ok=True)
+        if self.cluster:
+            for node in self.nodes:
+                await node.aclose()
         await self.redis.aclose()
 
     async def machine(self) -> Row:
@@ -195,6 +223,60 @@ async def redis_cpu_seconds(redis: aioredis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
+OWN_COMMANDS = frozenset({"info", "slowlog", "config"})  # the benchmark's own probes
+
+
+@cache
+def scripted_commands() -> frozenset[str]:
+    """The commands the engine's scripts call: INFO commandstats counts each of those calls
+    again under its own name, on top of the script's time that includes it."""
+    root = Path(automations.engine.__file__).parent
+    pattern = re.compile(r"redis\.p?call\(\s*['\"](\w+)['\"]")
+    found: set[str] = set()
+    for path in [*root.glob("*.py"), *root.glob("lua/*.lua")]:
+        found.update(name.lower() for name in pattern.findall(path.read_text()))
+    return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSample:
+    """One node's counters: CPU seconds (``INFO cpu``, user + system) and microseconds of
+    commands (``INFO commandstats``): every command the clients sent, scripts whole
+    (their inner calls not counted twice), and the scripts alone."""
+
+    cpu_seconds: float
+    command_usec: float
+    script_usec: float
+
+    def __sub__(self, before: NodeSample) -> NodeSample:
+        return NodeSample(self.cpu_seconds - before.cpu_seconds,
+                          self.command_usec - before.command_usec,
+                          self.script_usec - before.script_usec)
+
+    def per_event(self, events: int) -> Row:
+        """Microseconds an event: CPU, commands (the issue's "Redis us per event"), scripts."""
+        def us(usec: float) -> float | None:
+            return round(usec / events, 1) if events > 0 else None
+
+        return {"redis_cpu_us_per_event": us(self.cpu_seconds * 1e6),
+                "redis_us_per_event": us(self.command_usec),
+                "script_us_per_event": us(self.script_usec)}
+
+
+async def sample_node(redis: aioredis.Redis) -> NodeSample:
+    cpu, stats = await redis.info("cpu"), await redis.info("commandstats")
+    inner, command, script = scripted_commands(), 0.0, 0.0
+    for name, figures in stats.items():
+        command_name = str(name).removeprefix("cmdstat_").partition("|")[0]
+        usec = float(figures.get("usec", 0)) if isinstance(figures, dict) else 0.0
+        if command_name in SCRIPT_COMMANDS:
+            script += usec
+        if command_name not in inner and command_name not in OWN_COMMANDS:
+            command += usec
+    return NodeSample(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), command, script)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux ``/proc``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -203,8 +285,8 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def keys_for(prefix: str) -> Keys:
-    return Keys(prefix)
+def keys_for(prefix: str, partitions: int = 1) -> Keys:
+    return Keys(prefix, partitions)
 
 
 # -- typed stream reads (redis-py's stubs type replies as unions of everything) -------------
@@ -217,6 +299,26 @@ async def xread_after(
     """Entries of ``stream`` after id ``last`` (blocking up to ``block`` ms)."""
     reply: Any = await redis.xread({stream: last}, count=count, block=block)
     return list(reply[0][1]) if reply else []
+
+
+class StreamsTail:
+    """The new entries of several streams (every partition's outbox), one XREAD for all (a
+    single Redis: on a cluster the streams live in different slots)."""
+
+    def __init__(self, redis: aioredis.Redis, streams: Sequence[str]) -> None:
+        self.redis = redis
+        self.last: dict[str, bytes | str] = dict.fromkeys(streams, b"0-0")
+
+    async def read(self, *, count: int = 1000, block: int = 100) -> list[StreamEntry]:
+        streams: dict[Any, Any] = dict(self.last)
+        reply: Any = await self.redis.xread(streams, count=count, block=block)
+        found: list[StreamEntry] = []
+        for stream, entries in reply or []:
+            if entries:
+                name = stream.decode() if isinstance(stream, bytes) else str(stream)
+                self.last[name] = entries[-1][0]
+                found += entries
+        return found
 
 
 async def xreadgroup_new(

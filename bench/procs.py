@@ -131,6 +131,10 @@ def child_arguments(prog: str, consumer: str, *, automations: bool) -> argparse.
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--consumer", default=consumer)
+    parser.add_argument("--partitions", type=int, default=1,
+                        help="the installation's partitions (its outboxes)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the Redis is a cluster (AUTOMATIONS_REDIS_CLUSTER=true)")
     if automations:
         parser.add_argument("--automations", required=True, help="JSON list of automations")
         parser.add_argument("--batch-size", type=int, default=None,
@@ -141,8 +145,9 @@ def child_arguments(prog: str, consumer: str, *, automations: bool) -> argparse.
 def child_settings(args: argparse.Namespace) -> Settings:
     batch_size = getattr(args, "batch_size", None)
     extra = {"batch_size": batch_size} if batch_size else {}
-    return Settings(redis_url=args.redis_url, prefix=args.prefix,
-                    consumer_name=args.consumer, block_ms=50, **extra)
+    return Settings(redis_url=args.redis_url, prefix=args.prefix, partitions=args.partitions,
+                    redis_cluster=args.cluster, consumer_name=args.consumer, block_ms=50,
+                    **extra)
 
 
 async def _run(service: ServiceFn, ctx: ServiceContext) -> None:

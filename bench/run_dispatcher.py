@@ -27,7 +27,7 @@ async def main() -> None:
     parser = child_arguments("bench.run_dispatcher", "bench-dispatcher", automations=True)
     args = parser.parse_args()
     settings = child_settings(args)
-    keys = Keys(args.prefix)
+    keys = Keys.from_settings(settings)
     redis = connect(settings)
     automations = [Automation.model_validate(a) for a in read_json(args.automations)]
     await AutomationStore(redis, keys).apply(automations)

@@ -28,7 +28,7 @@ from bench.procs import (
 async def main() -> None:
     args = child_arguments("bench.run_engine", "bench-engine", automations=True).parse_args()
     settings = child_settings(args)
-    keys = Keys(args.prefix)
+    keys = Keys.from_settings(settings)
     redis = connect(settings)
     rss_before = own_rss()
     automations = [Automation.model_validate(a) for a in read_json(args.automations)]

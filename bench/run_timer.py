@@ -17,7 +17,7 @@ from bench.procs import child_arguments, child_settings, own_rss, say, serve_unt
 async def main() -> None:
     args = child_arguments("bench.run_timer", "bench-timer", automations=False).parse_args()
     settings = child_settings(args)
-    keys = Keys(args.prefix)
+    keys = Keys.from_settings(settings)
     redis = connect(settings)
     say(ready=True, rss=own_rss())
     context = ServiceContext(settings, redis, keys, anyio.Event())

@@ -2,8 +2,9 @@
 (``automations.insight.dead_letters``).
 
 Arguments are entry ids (``1712345678901-0``) and, optionally, one stream name (``events``,
-``firings``, ``runs``, or a full key); without a stream, an id is looked up in every dead
-stream of the prefix.
+``firings``, ``runs``, ``firings@3`` for one partition's outbox, or a full key; ``firings``
+means every firings dead stream: given-up actions and every partition's); without a stream, an
+id is looked up in every dead stream of the prefix.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from automations.insight.dead_letters import (
     ENTRY_ID,
     CannotRedrive,
     DeadLetter,
-    dead_key,
+    dead_keys,
     dead_streams,
     find,
     purge,
     purge_all,
-    read,
+    read_all,
     redrive,
     short_name,
 )
@@ -44,7 +45,8 @@ dead_app = typer.Typer(help="Dead letters: list, show, re-drive (retry) and purg
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output for scripts.")]
 StreamArg = Annotated[str | None, typer.Argument(
-    metavar="[STREAM]", help="events, firings, runs (or a full key); default: every one.")]
+    metavar="[STREAM]",
+    help="events, firings, runs, firings@N (one partition; or a full key); default: every one.")]
 ArgsArg = Annotated[list[str] | None, typer.Argument(
     metavar="ID... [STREAM]", help="Dead letter ids, and optionally their stream.")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every letter of STREAM.")]
@@ -81,7 +83,7 @@ async def _letters(client: aioredis.Redis, keys: Keys, ids: list[str], stream: s
     if every:
         if stream is None:
             raise ValueError("--all needs a STREAM (events, firings, runs, ...)")
-        return list(reversed(await read(client, dead_key(keys, stream))))
+        return list(reversed(await read_all(client, dead_keys(keys, stream))))
     if not ids:
         raise ValueError("name dead letter ids, or --all with a STREAM")
     return [await find(client, keys, entry_id, stream) for entry_id in ids]
@@ -118,7 +120,7 @@ def ls_cmd(
     name = stream
 
     async def letters(client: aioredis.Redis, keys: Keys) -> list[DeadLetter]:
-        return await read(client, dead_key(keys, name), limit=limit)
+        return await read_all(client, dead_keys(keys, name), limit=limit)
 
     found = _with_redis(letters)
     if as_json:
@@ -215,14 +217,15 @@ def purge_cmd(
             fail("give ids or --all, not both")
         name = stream
 
-        async def count(client: aioredis.Redis, keys: Keys) -> tuple[str, int]:
-            key = dead_key(keys, name)
-            return key, int(await client.xlen(key))
+        async def count(client: aioredis.Redis, keys: Keys) -> tuple[list[str], int]:
+            found = dead_keys(keys, name)
+            return found, sum([int(await client.xlen(key)) for key in found])
 
-        key, total = _with_redis(count)
-        if total and not yes and not typer.confirm(f"delete all {total} dead letters of {key}?"):
+        found, total = _with_redis(count)
+        if total and not yes and not typer.confirm(
+                f"delete all {total} dead letters of {', '.join(found)}?"):
             raise typer.Exit(1)
-        removed = _with_redis(lambda client, keys: purge_all(client, key))
+        removed = _with_redis(lambda client, keys: _purge_all(client, found))
     else:
         removed = _with_redis(
             lambda client, keys: _purge_ids(client, keys, ids, stream))
@@ -230,6 +233,10 @@ def purge_cmd(
         typer.echo(orjson.dumps({"purged": removed}).decode())
     else:
         console.print(f"purged {removed} dead letter(s)", highlight=False)
+
+
+async def _purge_all(client: aioredis.Redis, found: list[str]) -> int:
+    return sum([await purge_all(client, key) for key in found])
 
 
 async def _purge_ids(client: aioredis.Redis, keys: Keys, ids: list[str], stream: str | None

@@ -65,7 +65,8 @@ def explain(
                 if not is_event_target(target):
                     raise NotFound(f"no automation named {target!r} (nor with that id), and it "
                                    "is not an event id or a stream entry id") from None
-                return await explain_event(redis, keys, await store.all(), target, now)
+                return await explain_event(redis, keys, await store.all(), target, now,
+                                           settings=settings)
             return await explain_automation(redis, keys, automation, now)
         finally:
             await redis.aclose()

@@ -14,7 +14,7 @@ from automations.cli.automations_cmd import error_json
 from automations.console.context import Console
 from automations.console.queries import Json, find_automation, summary
 from automations.errors import InvalidAutomation, InvalidAutomations
-from automations.insight.dead_letters import dead_key, find, purge, purge_all, redrive
+from automations.insight.dead_letters import dead_keys, find, purge, purge_all, redrive
 from automations.insight.runs import run_json
 from automations.loader import parse_document
 from automations.runtime.deployment_files import check_run_parameters
@@ -81,7 +81,8 @@ async def purge_letter(c: Console, stream: str, entry_id: str) -> Json:
 
 
 async def purge_stream(c: Console, stream: str) -> Json:
-    return {"stream": stream, "purged": await purge_all(c.redis, dead_key(c.keys, stream))}
+    purged = sum([await purge_all(c.redis, key) for key in dead_keys(c.keys, stream)])
+    return {"stream": stream, "purged": purged}
 
 
 async def run_deployment(c: Console, name_or_id: str, parameters: dict[str, Any]) -> Json:

@@ -17,13 +17,15 @@ from automations.console.context import Console
 from automations.errors import NotFound
 from automations.insight.dead_letters import (
     DeadLetter,
-    dead_key,
+    dead_keys,
     dead_streams,
+    family,
     find,
     short_name,
 )
 from automations.insight.explain import explain_automation, explain_event
 from automations.insight.runs import find_run, list_runs, run_json
+from automations.keys import Keys
 from automations.models import Automation
 from automations.runtime.deployments import Deployment
 from triggers.matching import glob_match
@@ -213,7 +215,7 @@ async def event_detail(c: Console, target: str, *, now: datetime) -> Json:
     automations = await c.automations.watching(name) if isinstance(name, str) else \
         await c.automations.all()
     explanation = await explain_event(c.redis, c.keys, automations, target, now,
-                                      decisions=DECISIONS_SCAN)
+                                      decisions=DECISIONS_SCAN, settings=c.settings)
     for verdict in explanation.automations:  # logged for it, no longer watching its name
         known = c.automations.by_id.get(verdict.automation_id)
         if known is not None and verdict.automation.startswith("(deleted) "):
@@ -230,9 +232,9 @@ async def event_detail(c: Console, target: str, *, now: datetime) -> Json:
 # -- dead letters --------------------------------------------------------------------------
 
 
-def letter_json(letter: DeadLetter, keys_prefix: str, *, full: bool = False) -> Json:
+def letter_json(letter: DeadLetter, keys: Keys, *, full: bool = False) -> Json:
     out = letter.to_json(full=full)
-    out["stream"] = letter.key.removeprefix(f"{keys_prefix}:dead:")
+    out["stream"] = short_name(keys, letter.key)
     data = letter.fields.get("data", "")
     out["preview"] = data if len(data) <= PREVIEW else data[:PREVIEW - 1] + "…"
     return out
@@ -242,7 +244,7 @@ async def dead_letters_page(c: Console, *, stream: str = "", before: str = "",
                             limit: int = PAGE) -> Json:
     _check_id(before, "before")
     counts = await dead_streams(c.redis, c.keys)
-    keys = [dead_key(c.keys, stream)] if stream else list(counts)
+    keys = dead_keys(c.keys, stream) if stream else list(counts)
     high = f"({before}" if before else "+"
     letters: list[DeadLetter] = []
     for key in keys:
@@ -252,15 +254,19 @@ async def dead_letters_page(c: Console, *, stream: str = "", before: str = "",
     letters.sort(key=lambda d: _stream_id(d.id), reverse=True)
     more = len(letters) > limit or (len(letters) == limit and bool(letters))
     letters = letters[:limit]
-    return {"streams": {short_name(c.keys, k): n for k, n in counts.items()},
+    streams: dict[str, int] = {}  # the partitions' outboxes merged: "firings"
+    for key, n in counts.items():
+        name = family(short_name(c.keys, key))
+        streams[name] = streams.get(name, 0) + n
+    return {"streams": streams,
             "stream": stream, "before": before, "limit": limit,
-            "items": [letter_json(d, c.keys.prefix) for d in letters],
+            "items": [letter_json(d, c.keys) for d in letters],
             "next": letters[-1].id if more and letters else None}
 
 
 async def dead_letter(c: Console, stream: str, entry_id: str) -> Json:
     letter = await find(c.redis, c.keys, entry_id, stream)
-    return letter_json(letter, c.keys.prefix, full=True)
+    return letter_json(letter, c.keys, full=True)
 
 
 # -- deployments and runs ------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The action dispatcher: firings stream in, actions out, each exactly once in effect.
 
-``Dispatcher.run()`` consumes ``<p>:firings`` (group ``dispatch``; any number of dispatchers
-share it) through ``automations.streams.consumer.StreamConsumer`` and, beside it, claims due
-retries from the ``RetryQueue``. A batch's firings run concurrently (at most
+``Dispatcher.run()`` consumes every partition's outbox, ``<p>:{<tag>}:firings`` (group
+``dispatch``; any number of dispatchers share each), through one
+``automations.streams.consumer.StreamConsumer`` per outbox and reader (one that fails is
+restarted, never taking the others down) and, beside them, claims due retries from the
+``RetryQueue``. A batch's firings run concurrently (at most
 ``action_concurrency`` actions at once); the batch is acked when every first attempt has ended
 (each bounded by ``action_timeout_s``): transient failures continue as delayed retry jobs,
 never as sleeps.
@@ -23,6 +25,11 @@ trip; webhooks carry ``Idempotency-Key`` so receivers can close it, run-deployme
 in the runtime (flow runs are created once per key). The idempotency check runs before
 rendering (the design's "render -> check" order would emit a second ``.failed`` for a
 redelivered action whose template fails).
+
+Slots (Redis Cluster): the ledger's scripts touch global keys only (done records, leases,
+events, history, retries, given-up actions' dead letters); a firing's ack, claim and reject
+touch its partition's outbox only. The ack follows the record: a crash between them
+redelivers a firing whose actions are done, which ``begin`` skips.
 
 Isolation: a firing that cannot be read, planned or encoded is dead-lettered alone
 (``dispatch/batch.py``); an action whose pipeline raises gets its own dead letter with the real
@@ -89,7 +96,13 @@ from automations.keys import DISPATCH_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.settings import Settings
 from automations.store import AutomationStore, InvalidStoredAutomation
-from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
+from automations.streams.consumer import (
+    Entry,
+    Reject,
+    StreamConsumer,
+    run_restarting,
+    stop_when_set,
+)
 from triggers.firing import Firing
 
 log = logging.getLogger(__name__)
@@ -121,17 +134,14 @@ class Dispatcher:
         self.ports = ports
         self.executors = dict(EXECUTORS if executors is None else executors)
         self.clock = clock
-        # Several readers per process: while one waits for its batch's slowest action, the
-        # next reads new firings (a batch is acked only when all its first attempts ended).
         name = consumer or settings.consumer_name
         self.consumers = [
             StreamConsumer(
-                redis, settings, stream=self.keys.firings, group=DISPATCH_GROUP,
-                handler=self._handler_for(reader), dead_stream=self.keys.dead(self.keys.firings),
+                redis, settings, stream=outbox, group=DISPATCH_GROUP,
+                handler=self._handler_for(outbox, reader), dead_stream=self.keys.dead(outbox),
                 consumer=reader, maxlen=settings.firings_maxlen,
             )
-            for reader in ([name] if settings.dispatch_readers == 1 else
-                           [f"{name}-{i}" for i in range(settings.dispatch_readers)])
+            for outbox in self.keys.outboxes for reader in _readers(name, settings, self.keys)
         ]
         self.retries = RetryQueue(redis, self.keys)
         self.ledger = Ledger(redis, self.keys, settings, self.retries)
@@ -191,7 +201,7 @@ class Dispatcher:
                 work.start_soon(NotifierPool.warm_up)
                 work.start_soon(self._retry_loop)
                 for consumer in self.consumers:
-                    work.start_soon(consumer.run)
+                    work.start_soon(run_restarting, consumer, self._stopping)
             tg.cancel_scope.cancel()
 
     async def _retry_loop(self) -> None:
@@ -261,10 +271,11 @@ class Dispatcher:
             await anyio.sleep(max(0.0, due - time.time()))
 
     # -- firings --------------------------------------------------------------------------
-    def _handler_for(self, reader: str) -> Callable[[list[Entry]], Awaitable[list[Reject]]]:
+    def _handler_for(self, outbox: str, reader: str
+                     ) -> Callable[[list[Entry]], Awaitable[list[Reject]]]:
         async def handle(entries: list[Entry]) -> list[Reject]:
             try:
-                return await self.handle_batch(entries, reader=reader)
+                return await self.handle_batch(entries, reader=reader, outbox=outbox)
             except BaseExceptionGroup as group:  # never "ExceptionGroup: unhandled errors"
                 causes = leaves(group)
                 for cause in causes[1:]:
@@ -275,18 +286,20 @@ class Dispatcher:
                 raise
         return handle
 
-    async def handle_batch(self, entries: list[Entry], *, reader: str | None = None
-                           ) -> list[Reject]:
+    async def handle_batch(self, entries: list[Entry], *, reader: str | None = None,
+                           outbox: str | None = None) -> list[Reject]:
         """Run the first attempt of every action of every firing in the batch. While it runs,
-        ``reader`` keeps the entries' idle time fresh, so no other dispatcher reclaims (and
-        repeats) a batch that is merely slow, and the actions' leases are renewed."""
+        ``reader`` keeps the entries' idle time fresh on their ``outbox``, so no other
+        dispatcher reclaims (and repeats) a batch that is merely slow, and the actions' leases
+        are renewed."""
         lease = self.leases.keeper()
         background = [lease.keep]
-        if reader is not None:
-            background.append(partial(self._keep_claimed, reader, [e.id for e in entries]))
+        if reader is not None and outbox is not None:
+            background.append(partial(self._keep_claimed, outbox, reader,
+                                      [e.id for e in entries]))
         return await beside(background, partial(self._handle, entries, lease))
 
-    async def _keep_claimed(self, reader: str, ids: list[str]) -> None:
+    async def _keep_claimed(self, outbox: str, reader: str, ids: list[str]) -> None:
         """XCLAIM ... JUSTID our own in-flight entries (resets idle, not the delivery count)
         three times per ``claim_idle_ms``. An outage must not cancel the batch's actions: it
         is retried with backoff, so the claim is renewed soon after Redis is back."""
@@ -298,7 +311,7 @@ class Dispatcher:
         while True:
             await anyio.sleep(delay)
             try:
-                await self.redis.xclaim(self.keys.firings, DISPATCH_GROUP, reader, 0, claimed,
+                await self.redis.xclaim(outbox, DISPATCH_GROUP, reader, 0, claimed,
                                         justid=True)
             except CONNECTION_ERRORS as exc:
                 delay = redis_backoff.next_delay(exc)
@@ -419,7 +432,7 @@ class Dispatcher:
             return False
         if recorded is Recorded.WRITTEN:
             self.counts["gave_up"] += 1
-            self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+            self.metrics.dead_lettered(self.ledger.dead_stream)
         return True
 
     def _retry_job(self, inv: Invocation, attempt: int) -> RetryJob:
@@ -625,10 +638,10 @@ class Dispatcher:
         if recorded is Recorded.FENCED:
             return self._fenced(inv, "given up")
         self.counts["gave_up"] += 1
-        self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+        self.metrics.dead_lettered(self.ledger.dead_stream)
         log.error("action %s (%s) of automation %r given up after %d attempt(s), dead-lettered "
                   "to %s: firing %s, event %s: %s: %s", inv.key, inv.action_type,
-                  inv.automation.name, ctx.attempt, self.keys.dead(self.keys.firings),
+                  inv.automation.name, ctx.attempt, self.ledger.dead_stream,
                   ids["firing_id"], ids["event_id"], exc.reason.value, message, extra=ids)
         return "gave-up"
 
@@ -644,9 +657,9 @@ class Dispatcher:
         await self.ledger.record(job.key, done=GAVE_UP, job=job, dead=dead, history=record)
         self.counts["gave_up"] += 1
         self.metrics.action_done(job.action_type, "gave-up")
-        self.metrics.dead_lettered(self.keys.dead(self.keys.firings))
+        self.metrics.dead_lettered(self.ledger.dead_stream)
         log.error("action %s (%s) given up before its retry, dead-lettered to %s: %s", job.key,
-                  job.action_type, self.keys.dead(self.keys.firings), reason,
+                  job.action_type, self.ledger.dead_stream, reason,
                   extra={"automation_id": job.automation_id, "action": job.action_type,
                          "action_index": job.index, "idempotency_key": job.key,
                          "firing_id": job.key.rpartition(":")[0]})
@@ -659,6 +672,15 @@ class Dispatcher:
         return outcome_entry(firing_id=inv.firing.id, automation_id=inv.automation.id,
                              index=inv.index, action_type=inv.action_type, outcome=outcome,
                              attempt=attempt, detail=detail)
+
+
+def _readers(name: str, settings: Settings, keys: Keys) -> list[str]:
+    """The reader names of each outbox: ``dispatch_readers`` in all, shared out between the
+    partitions, at least one each. Several readers of an outbox: while one waits for its
+    batch's slowest action, the next reads new firings (a batch is acked only when all its
+    first attempts ended)."""
+    count = max(1, -(-settings.dispatch_readers // keys.partitions))
+    return [name] if count == 1 else [f"{name}-{i}" for i in range(count)]
 
 
 def _ids(inv: Invocation, attempt: int, reason: str) -> dict[str, Any]:

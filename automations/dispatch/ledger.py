@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 DONE, GAVE_UP = b"done", b"gave-up"
 DELIVERED = b"1"
 BEGIN_CHUNK = 500
+DEAD_ACTIONS = "firings"
+"""Given-up actions go to ``keys.dead(DEAD_ACTIONS)`` (``<prefix>:{g}:dead:firings``), in the
+global slot with the done records, since the record script writes both. The ledger's scripts
+touch global keys only; the firing's ack on its partition's outbox is a separate command after
+them (a crash in between redelivers a firing whose actions are done: ``begin`` skips them)."""
 DROPPED_TTL_MIN_S = 86_400
 """A cooldown's dropped-counter outlives it (at least a day, or ten cooldowns), so the next
 notification sent can still say how many were suppressed."""
@@ -208,6 +213,7 @@ class Ledger:
         self.keys = keys
         self.settings = settings
         self.retries = retries
+        self.dead_stream = keys.dead(DEAD_ACTIONS)
         self._begin = redis.register_script(BEGIN_SCRIPT)
         self._record = redis.register_script(RECORD_SCRIPT)
         self._cooldown = redis.register_script(COOLDOWN_SCRIPT)
@@ -260,7 +266,7 @@ class Ledger:
         flag = await self._record(
             keys=[self.keys.done(key), self.keys.action_lease(key), self.keys.events,
                   self.keys.action_retries, self.keys.action_retry_jobs,
-                  self.keys.dead(self.keys.firings), self.keys.history,
+                  self.dead_stream, self.keys.history,
                   self.keys.sending(key)], args=args)
         return Recorded(int(flag))
 

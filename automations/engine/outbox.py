@@ -15,15 +15,19 @@ A firings-stream entry is either
 
 ``firings_of`` reads both. Each engine firing names the id of its
 ``prefect.automation.triggered``/``resolved`` event (``triggered_event_json``); engines read
-the outbox with their own consumer group (``announce``) and append those events to the events
-stream, so the per-firing copy of the triggering event stays out of the script every engine
-waits on.
+every partition's outbox with their own consumer group (``announce``; one consumer per outbox)
+and append those events to the events stream, so the per-firing copy of the triggering event
+stays out of the script every engine waits on.
 
-Once: one script per batch appends its events, records ``last_fired`` and acks the batch, so a
-crash announces a batch wholly or not at all (it is then redelivered). Only an entry taken
-over from a live but stalled announcer (idle past ``claim_idle_ms``) can be announced twice,
-with the same event ids, which the engine's dedupe skips. Firings written by hand as ``data``
-entries are dispatched but not announced: they did not come from an engine.
+Once: one script per batch appends its events and records ``last_fired`` (global keys, one
+slot), then one XACK acknowledges the batch on its outbox (the partition's slot: one script
+cannot touch both on Redis Cluster). A crash before the script announces nothing (the batch is
+redelivered). A crash between the two, or an entry taken over from a live but stalled
+announcer (idle past ``claim_idle_ms``), runs the script again for the same firings: it
+appends only the events without an ``announced`` marker (set with each event, for
+``dedupe_ttl_s``), so each is on the stream once (past that TTL the engine's dedupe would
+still skip a repeat). Firings written by hand as ``data`` entries are dispatched but not
+announced: they did not come from an engine.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
+import anyio
 import orjson
 import redis.asyncio as aioredis
 
@@ -41,7 +47,7 @@ from automations.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, RESOURCE_ID, RE
 from automations.keys import ANNOUNCE_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer
+from automations.streams.consumer import Entry, Reject, StreamConsumer, run_restarting
 from triggers.firing import Firing
 from triggers.models import EventTrigger, Trigger
 
@@ -207,59 +213,78 @@ def triggered_event_json(
     return event_id.encode(), data
 
 
-# ARGV: events stream, last_fired hash, firings stream, group, #events, #last_fired pairs,
-# then (event id, JSON) pairs, (automation id, ISO) pairs, and the entry ids to ack.
+# KEYS: events stream, last_fired hash, then each event's announced marker. ARGV: marker TTL
+# (s), #events, then (event id, JSON) pairs, then (automation id, ISO) pairs. Returns how many
+# events it appended (not those announced already).
 ANNOUNCE_LUA = """
-local ne, nl = tonumber(ARGV[5]), tonumber(ARGV[6])
-local at = 7
-for _ = 1, ne do
-  redis.call('XADD', ARGV[1], '*', 'data', ARGV[at + 1], 'id', ARGV[at])
+local ne = tonumber(ARGV[2])
+local at, added = 3, 0
+for i = 1, ne do
+  if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', KEYS[1], '*', 'data', ARGV[at + 1], 'id', ARGV[at])
+    added = added + 1
+  end
   at = at + 2
 end
-local last = at + 2 * nl - 1
-for j = at, last, 1000 do  -- (unpack has a limit: 500 pairs, 1,000 ids a call)
-  redis.call('HSET', ARGV[2], unpack(ARGV, j, math.min(j + 999, last)))
+for j = at, #ARGV, 1000 do  -- (unpack has a limit: 500 pairs a call)
+  redis.call('HSET', KEYS[2], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
-for j = last + 1, #ARGV, 1000 do
-  redis.call('XACK', ARGV[3], ARGV[4], unpack(ARGV, j, math.min(j + 999, #ARGV)))
-end
-return ne
+return added
 """
+ACK_CHUNK = 10_000
 
 
 class Announcer:
-    """Consumes the outbox (group ``announce``) and publishes every engine firing's event."""
+    """Consumes every partition's outbox (group ``announce``, one consumer each) and
+    publishes every engine firing's event."""
 
     def __init__(self, redis: aioredis.Redis, settings: Settings, *, keys: Keys,
                  resource_of: Callable[[str], bytes | None], consumer: str | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.resource_of = resource_of
+        self.dedupe_ttl_s = settings.dedupe_ttl_s
         self._script = redis.register_script(ANNOUNCE_LUA)
         self.announced = 0
         self.metrics = current_metrics()
         self._names: dict[str, tuple[bytes | None, str]] = {}  # id -> (resource, name)
-        self.consumer = StreamConsumer(
-            redis, settings, stream=keys.firings, group=ANNOUNCE_GROUP,
-            handler=self.handle_batch, dead_stream=keys.dead(keys.firings), consumer=consumer,
-            maxlen=settings.firings_maxlen, handler_acks=True,
-        )
+        self._stopping = anyio.Event()
+        self.consumers = [
+            StreamConsumer(
+                redis, settings, stream=outbox, group=ANNOUNCE_GROUP,
+                handler=partial(self.handle_batch, outbox=outbox),
+                dead_stream=keys.dead(outbox), consumer=consumer,
+                maxlen=settings.firings_maxlen, handler_acks=True,
+            )
+            for outbox in keys.outboxes
+        ]
 
     def __repr__(self) -> str:
-        return f"Announcer(announced={self.announced}, {self.consumer!r})"
+        return f"Announcer(announced={self.announced}, {self.consumers!r})"
 
     async def run(self) -> None:
-        await self.consumer.run()
+        """Every outbox's consumer until ``stop()``; one that fails is restarted alone."""
+        async with anyio.create_task_group() as tg:
+            for consumer in self.consumers:
+                tg.start_soon(run_restarting, consumer, self._stopping)
 
     def stop(self) -> None:
-        self.consumer.stop()
+        self._stopping.set()
+        for consumer in self.consumers:
+            consumer.stop()
 
     async def run_until_idle(self) -> int:
-        return await self.consumer.run_until_idle()
+        """Drain every outbox; returns the entries handled."""
+        handled = 0
+        for consumer in self.consumers:
+            handled += await consumer.run_until_idle()
+        return handled
 
-    async def handle_batch(self, entries: Sequence[Entry]) -> list[Reject]:
-        """One script call for the batch: its events, ``last_fired`` (for ``ls``) per
-        automation, and the ack of every entry (the consumer does not ack them again)."""
+    async def handle_batch(self, entries: Sequence[Entry], *, outbox: str | None = None
+                           ) -> list[Reject]:
+        """One script call for the batch's events and ``last_fired`` (for ``ls``) per
+        automation, then the ack of every entry on ``outbox`` (the partition's outbox they
+        were read from; the consumer does not ack them again)."""
         events: list[bytes] = []
         last_fired: dict[str, str] = {}
         for entry in entries:
@@ -281,12 +306,23 @@ class Announcer:
                 if made is not None:
                     events += made
         pairs = [part for item in last_fired.items() for part in item]
-        await self._script(args=[
-            self.keys.events, self.keys.last_fired, self.keys.firings, ANNOUNCE_GROUP,
-            len(events) // 2, len(last_fired), *events, *pairs, *[entry.id for entry in entries],
-        ])
-        self.announced += len(events) // 2
+        if events or pairs:
+            markers = [self.keys.announced(event_id.decode()) for event_id in events[::2]]
+            added = await self._script(
+                keys=[self.keys.events, self.keys.last_fired, *markers],
+                args=[self.dedupe_ttl_s, len(events) // 2, *events, *pairs])
+            self.announced += int(added)
+        await self._ack(outbox, [entry.id for entry in entries])
         return []
+
+    async def _ack(self, outbox: str | None, ids: list[str]) -> None:
+        """Acknowledge the batch on its outbox (chunked: a batch can be large)."""
+        if outbox is None:
+            if len(self.consumers) != 1:
+                raise ValueError("handle_batch needs the outbox its entries came from")
+            outbox = self.consumers[0].stream
+        for first in range(0, len(ids), ACK_CHUNK):
+            await self.redis.xack(outbox, ANNOUNCE_GROUP, *ids[first:first + ACK_CHUNK])
 
     def _observe(self, entry: Entry, items: list[dict[str, Any]], event_raw: bytes | None
                  ) -> None:

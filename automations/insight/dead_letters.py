@@ -1,10 +1,15 @@
-"""Dead letters: list, show, re-drive and purge the entries of the ``<p>:dead:<stream>`` streams.
+"""Dead letters: list, show, re-drive and purge the entries of the dead-letter streams.
+
+The dead stream of a global stream is ``<p>:{g}:dead:<name>`` (``events``, ``runs``); each
+partition's outbox has its own, in its slot, ``<p>:{<tag>}:dead:firings``; given-up actions go
+to ``<p>:{g}:dead:firings``. Short names: ``events``, ``runs``, ``firings@3`` (partition 3's
+outbox) and ``firings``, which names every firings dead stream at once (the actions' and every
+partition's).
 
 Two writers fill them. ``streams.consumer`` copies an entry it gives up on (rejected, or
 delivered ``max_deliveries`` times) with ``reason``, ``deliveries``, ``source_stream``,
-``source_id``, ``group`` and ``consumer`` added to its fields (``dead:events``,
-``dead:firings``, ``dead:runs``). The dispatcher gives an action up to ``dead:firings`` with the
-firing (``data``), ``reason``, ``action_index``, ``action_type``, ``attempts``,
+``source_id``, ``group`` and ``consumer`` added to its fields. The dispatcher gives an action
+up with the firing (``data``), ``reason``, ``action_index``, ``action_type``, ``attempts``,
 ``automation_id`` and ``idempotency_key``.
 
 A re-drive is one script call that checks the dead letter still exists, writes the re-drive and
@@ -116,16 +121,56 @@ class DeadLetter:
         return out
 
 
-def dead_key(keys: Keys, stream: str) -> str:
-    """``events``, ``dead:events``, ``<p>:events`` or ``<p>:dead:events`` -> the dead key."""
-    short = stream.removeprefix(f"{keys.prefix}:").removeprefix("dead:")
-    if not short:
+FIRINGS = "firings"
+PARTITION_MARK = "@"
+
+
+def partition_dead_keys(keys: Keys) -> list[str]:
+    """Every partition outbox's dead stream, in partition order."""
+    return [part.dead_firings for part in keys.all_partitions]
+
+
+def dead_keys(keys: Keys, stream: str) -> list[str]:
+    """The dead keys a stream name means: a short name (``events``, ``dead:events``,
+    ``firings``: all of them, ``firings@3``), a stream key or a dead stream key."""
+    stream = stream.strip()
+    if not stream:
         raise ValueError("empty stream name")
-    return keys.dead(short)
+    if stream in partition_dead_keys(keys) or stream.startswith(f"{keys.g}:dead:"):
+        return [stream]
+    if stream in keys.outboxes:
+        return [keys.dead(stream)]
+    short = stream.removeprefix(f"{keys.g}:").removeprefix(f"{keys.prefix}:").removeprefix(
+        "dead:")
+    name, mark, number = short.partition(PARTITION_MARK)
+    if mark:
+        return [_partition_dead_key(keys, name, number)]
+    if not short or "{" in short or "}" in short:
+        raise ValueError(f"{stream!r} is not a stream name (like events, firings, firings@0)")
+    if short == FIRINGS:
+        return [keys.dead(FIRINGS), *partition_dead_keys(keys)]
+    return [keys.dead(short)]
+
+
+def _partition_dead_key(keys: Keys, name: str, number: str) -> str:
+    if name != FIRINGS or not number.isdigit() or int(number) >= keys.partitions:
+        raise ValueError(f"no stream {name}{PARTITION_MARK}{number}: partition outboxes are "
+                         f"firings@0 to firings@{keys.partitions - 1}")
+    return keys.partition(int(number)).dead_firings
 
 
 def short_name(keys: Keys, key: str) -> str:
-    return key.removeprefix(f"{keys.prefix}:dead:")
+    """``events``, ``firings`` (given-up actions), ``firings@3`` (partition 3's outbox)."""
+    for part in keys.all_partitions:
+        if key == part.dead_firings:
+            return f"{FIRINGS}{PARTITION_MARK}{part.number}"
+    return key.removeprefix(f"{keys.g}:dead:")
+
+
+def family(name: str) -> str:
+    """The name a short name is listed under when partitions are merged (``firings@3`` ->
+    ``firings``)."""
+    return name.partition(PARTITION_MARK)[0]
 
 
 def _text(value: Any) -> str:
@@ -137,16 +182,18 @@ def _letter(key: str, raw_id: Any, fields: dict[Any, Any]) -> DeadLetter:
 
 
 async def dead_streams(redis: aioredis.Redis, keys: Keys) -> dict[str, int]:
-    """Every dead stream key of this prefix with its length, by key."""
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", keys.prefix) + ":dead:*"
+    """Every dead stream of this prefix with its length, by key: the global ones found by
+    SCAN, the partitions' (known) when they exist."""
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", keys.g) + ":dead:*"
     found = sorted({_text(k) async for k in redis.scan_iter(match=pattern, count=1000,
                                                              _type="stream")})
-    if not found:
-        return {}
+    candidates = [*found, *partition_dead_keys(keys)]
     pipe = redis.pipeline(transaction=False)
-    for key in found:
+    for key in candidates:
         pipe.xlen(key)
-    return dict(zip(found, [int(n) for n in await pipe.execute()], strict=True))
+    lengths = [int(n) for n in await pipe.execute()]
+    return {key: n for key, n in zip(candidates, lengths, strict=True)
+            if key in found or n}
 
 
 async def read(redis: aioredis.Redis, key: str, *, limit: int | None = None
@@ -156,19 +203,32 @@ async def read(redis: aioredis.Redis, key: str, *, limit: int | None = None
     return [_letter(key, i, f) for i, f in raw]
 
 
+async def read_all(redis: aioredis.Redis, keys: Sequence[str], *, limit: int | None = None
+                   ) -> list[DeadLetter]:
+    """The letters of several dead streams merged, newest first."""
+    letters = [letter for key in keys for letter in await read(redis, key, limit=limit)]
+    letters.sort(key=lambda d: _id_order(d.id), reverse=True)
+    return letters[:limit]
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 async def find(redis: aioredis.Redis, keys: Keys, entry_id: str, stream: str | None = None
                ) -> DeadLetter:
     """The letter ``entry_id`` of ``stream`` (any dead stream when None); ``NotFound``, or
     ``ValueError`` for a malformed id or an id found in several streams."""
     if not ENTRY_ID.match(entry_id):
         raise ValueError(f"{entry_id!r} is not a stream entry id (like 1712345678901-0)")
-    where = [dead_key(keys, stream)] if stream else list(await dead_streams(redis, keys))
+    where = dead_keys(keys, stream) if stream else list(await dead_streams(redis, keys))
     found = []
     for key in where:
         raw: Any = await redis.xrange(key, min=entry_id, max=entry_id)
         found += [_letter(key, i, f) for i, f in raw]
     if not found:
-        place = short_name(keys, where[0]) if stream else "any dead stream"
+        place = stream if stream else "any dead stream"
         raise NotFound(f"no dead letter {entry_id} in {place}")
     if len(found) > 1:
         raise ValueError(f"{entry_id} is in several dead streams "

@@ -3,9 +3,11 @@
 Built on the engine's own code, read only: the engine's per-name plan (``Planner`` over the
 automations' ``window_specs``: the same name match, bucket keys and ``for_each`` encoding),
 ``triggers.explain`` for the per-label verdict (the compiled matchers), ``Window.bucket`` for
-the live bucket, the deadlines sorted set the timer reads, the decision log the engine writes
-(``engine/decisions.py``) and the outbox (``engine/outbox.py``). Action outcomes come from the
-dispatcher's history (``insight/history.py``) when it is there.
+the live bucket, the deadlines sorted set the timer reads (the automation's partition's), the
+arrivals the engine's ordering keeps (``engine/ordering.py``: was the event taken up), the
+decision log the engine writes (``engine/decisions.py``) and the outboxes
+(``engine/outbox.py``: every partition's for an event, the automation's for an automation).
+Action outcomes come from the dispatcher's history (``insight/history.py``) when it is there.
 
 Every scan is bounded (``SCAN_*``); what is not found within the bound is reported as such.
 Returns pydantic models (the CLI prints them, a console can serve them as JSON).
@@ -25,6 +27,7 @@ from pydantic import BaseModel
 
 from automations.engine.decisions import Decision, read_back
 from automations.engine.intake import SKIPPED_EVENTS
+from automations.engine.ordering import arrived
 from automations.engine.outbox import OutboxEntryError, outbox_parts
 from automations.engine.plan import Planner, Step
 from automations.engine.specs import WindowSpec, immediate, window_specs
@@ -152,11 +155,12 @@ class AutomationState(BaseModel):
 
 async def explain_event(
     redis: aioredis.Redis, keys: Keys, automations: Sequence[Automation], target: str,
-    now: datetime, *, decisions: int = SCAN_DECISIONS,
+    now: datetime, *, decisions: int = SCAN_DECISIONS, settings: Settings | None = None,
 ) -> EventExplanation:
     """``target``: an event id or an events-stream entry id. ``NotFound`` when neither the
     decision log (its newest ``decisions`` entries) nor the last ``SCAN_EVENTS`` events hold
-    it; ``InvalidEvent`` when ``target`` is neither form."""
+    it; ``InvalidEvent`` when ``target`` is neither form. ``settings``: the installation's
+    (how long the engine remembers arrivals); the defaults otherwise."""
     notes: list[str] = []
     entry_id, raw, decision = await _locate(redis, keys, target.strip(), decisions)
     event: Event | None = None
@@ -170,7 +174,8 @@ async def explain_event(
                      "shown from the decision log only")
     event_id = str(event.id) if event else decision.event_id if decision else None
     name = event.event if event else decision.event if decision else None
-    processed = bool(await redis.exists(keys.seen(event_id))) if event_id else None
+    processed = await arrived(redis, keys, event_id, now, settings or _defaults()) \
+        if event_id else None
     if name in SKIPPED_EVENTS:
         notes.append(f"{name} events are never evaluated by triggers")
     verdicts = await _verdicts(redis, keys, automations, event, name, decision, entry_id, now)
@@ -279,20 +284,20 @@ async def _verdicts(
         triggers = [await _trigger_verdict(window, planner, paths, step, event, now)
                     for step in steps.get(aid, [])] if event else []
         verdicts.append(_verdict(aid, by_id.get(aid), triggers, decision,
-                                 [f for f in firings if f.automation_id == aid]))
+                                 [f for f in firings if f.automation_id == aid], aid in steps))
     return sorted(verdicts, key=lambda v: (not v.counted, not v.near_miss, v.automation))
 
 
 def _verdict(
     aid: str, automation: Automation | None, triggers: list[TriggerVerdict],
-    decision: Decision | None, firings: list[FiringInfo],
+    decision: Decision | None, firings: list[FiringInfo], watches: bool,
 ) -> AutomationVerdict:
     live_counted = any(t.counted for t in triggers)
     source: Literal["decision log", "evaluated now"] = "evaluated now"
     counted = live_counted
     if decision is not None:
         counted, source = aid in decision.counted, "decision log"
-    near_miss = not counted and (aid in decision.missed if decision else bool(triggers))
+    near_miss = not counted and (decision.near_miss(aid, watches) if decision else bool(triggers))
     if automation is not None and not automation.enabled and decision is None:
         counted, near_miss = False, False
         reason = "paused: the engine does not evaluate it"
@@ -348,7 +353,7 @@ async def _trigger_verdict(
         template = step.template or step.keyed(*planner.encode(
             step.compiled, step.compiled.bucketing_key_parts(event.resource, event.related)))
         verdict.bucket_key = template[T_BUCKET]
-        verdict.bucket = await _bucket_state(window, spec, template[T_BUCKET], now)
+        verdict.bucket = await _bucket_state(window, planner.keys, spec, template[T_BUCKET], now)
     return verdict
 
 
@@ -371,8 +376,11 @@ async def explain_automation(
     scanned = 0
     async for decision in read_back(redis, keys, scan=decisions, chunk=CHUNK):
         scanned += 1
-        for ids, found in ((decision.counted, counted), (decision.missed, missed)):
-            if aid in ids and len(found) < RECENT:
+        watches = not decision.missed_all and any(  # only asked of unlisted near misses
+            s.trigger.compiled.name_covered(decision.event) for s in specs)
+        for hit, found in ((aid in decision.counted, counted),
+                           (decision.near_miss(aid, watches), missed)):
+            if hit and len(found) < RECENT:
                 found.append(_ref(decision))
         if len(counted) >= RECENT and len(missed) >= RECENT:
             break
@@ -403,10 +411,11 @@ async def _open_buckets(
     """The automation's buckets (every bucket is in the deadlines set), soonest first."""
     found: list[tuple[str, WindowSpec]] = []
     more = False
-    async for member, _ in window.redis.zscan_iter(keys.deadlines,
-                                                   match=keys.bucket(aid, "*", "*"), count=1000):
+    part = keys.of(aid)
+    async for member, _ in window.redis.zscan_iter(part.deadlines,
+                                                   match=part.bucket(aid, "*", "*"), count=1000):
         key = member.decode()
-        spec = next((s for s in specs if key.startswith(keys.bucket(aid, s.trigger_id, ""))),
+        spec = next((s for s in specs if key.startswith(part.bucket(aid, s.trigger_id, ""))),
                     None)
         if spec is None:
             continue  # left by an earlier version of the trigger
@@ -415,18 +424,19 @@ async def _open_buckets(
             break
         found.append((key, spec))
     states = [state for key, spec in found
-              if (state := await _bucket_state(window, spec, key, now)) is not None]
+              if (state := await _bucket_state(window, keys, spec, key, now)) is not None]
     return sorted(states, key=lambda b: b.end), more
 
 
 async def _bucket_state(
-    window: Window, spec: WindowSpec, key: str, now: datetime
+    window: Window, keys: Keys, spec: WindowSpec, key: str, now: datetime
 ) -> BucketState | None:
     """The bucket ``key`` as it is now (``None``: there is none)."""
     bucket: Bucket | None = await window.bucket(key)
     if bucket is None:
         return None
-    score = await window.redis.zscore(window.keys.deadlines, key) if spec.proactive else None
+    deadlines = keys.partition(spec.partition).deadlines
+    score = await window.redis.zscore(deadlines, key) if spec.proactive else None
     return BucketState(
         trigger_id=spec.trigger_id, key=key, labels=bucket.labels, start=bucket.start,
         end=bucket.end, count=bucket.count, threshold=spec.trigger.threshold,
@@ -458,8 +468,9 @@ async def _event_firings(
     redis: aioredis.Redis, keys: Keys, event: Event | None, decision: Decision | None,
     entry_id: str | None,
 ) -> list[FiringInfo]:
-    """The firings whose triggering event is this one, from the outbox entries written near
-    the time it was processed (its decision), else in the minute after its XADD."""
+    """The firings whose triggering event is this one, from the entries of every partition's
+    outbox written near the time it was processed (its decision), else in the minute after
+    its XADD."""
     event_id = str(event.id) if event else decision.event_id if decision else None
     if event_id is None:
         return []
@@ -472,9 +483,19 @@ async def _event_firings(
     else:
         return []
     found: list[FiringInfo] = []
-    cursor, left = str(max(start, 0)), SCAN_FIRINGS
+    for outbox in keys.outboxes:
+        found += await _outbox_firings(redis, outbox, event_id, max(start, 0), end)
+    await _with_actions(redis, keys, found, event_id=event_id)
+    return found
+
+
+async def _outbox_firings(redis: aioredis.Redis, outbox: str, event_id: str, start: int,
+                          end: int) -> list[FiringInfo]:
+    """One outbox's firings of ``event_id`` between ``start`` and ``end`` (ms; bounded)."""
+    found: list[FiringInfo] = []
+    cursor, left = str(start), SCAN_FIRINGS
     while left > 0:
-        entries: Any = await redis.xrange(keys.firings, min=cursor, max=str(end),
+        entries: Any = await redis.xrange(outbox, min=cursor, max=str(end),
                                           count=min(CHUNK, left))
         for outbox_id, fields in entries:
             if fields.get(b"event_id", b"").decode() == event_id:
@@ -483,16 +504,17 @@ async def _event_firings(
             break
         left -= len(entries)
         cursor = "(" + entries[-1][0].decode()
-    await _with_actions(redis, keys, found, event_id=event_id)
     return found
 
 
 async def _automation_firings(redis: aioredis.Redis, keys: Keys, aid: str) -> list[FiringInfo]:
-    """The automation's last ``RECENT`` firings in the outbox (newest first, bounded)."""
+    """The automation's last ``RECENT`` firings in its partition's outbox (newest first,
+    bounded)."""
     found: list[FiringInfo] = []
     end, left = "+", SCAN_FIRINGS
+    outbox = keys.of(aid).firings
     while left > 0 and len(found) < RECENT:
-        entries: Any = await redis.xrevrange(keys.firings, max=end, count=min(CHUNK, left))
+        entries: Any = await redis.xrevrange(outbox, max=end, count=min(CHUNK, left))
         for outbox_id, fields in entries:
             found += [f for f in _firing_infos(outbox_id, fields) if f.automation_id == aid]
         if len(entries) < min(CHUNK, left):
@@ -562,4 +584,9 @@ def _paths(trigger: Any, path: str) -> list[str]:
 def _window(redis: aioredis.Redis, keys: Keys) -> Window:
     """The engine's bucket reader. Only ``bucket`` is used, which reads no settings: the
     defaults stand in (without reading the environment)."""
-    return Window(redis, keys, Settings.model_construct())
+    return Window(redis, keys, _defaults())
+
+
+def _defaults() -> Settings:
+    """The default settings, without reading the environment."""
+    return Settings.model_construct()

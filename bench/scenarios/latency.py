@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from automations.engine.outbox import firing_count
 from automations.keys import Keys
 from bench.drive import start_dispatcher, start_engines, webhook_automation
-from bench.harness import Bench, Row, latency_figures, xread_after
+from bench.harness import Bench, Row, StreamsTail, latency_figures
 from bench.procs import stop_all
 from bench.sink import HttpSink
 from bench.workload import GROUPS, RESOURCES, build_automations, event_dict
@@ -70,18 +70,17 @@ def sent_stamp(data: bytes) -> float | None:
 
 
 async def watch_firings(
-    redis: aioredis.Redis, stream: str, samples: list[float], cutoff: list[float],
+    redis: aioredis.Redis, outboxes: Sequence[str], samples: list[float], cutoff: list[float],
     stop: asyncio.Event,
 ) -> None:
     """Append ``seen - payload.sent`` for every firing whose event was sent after cutoff[0]."""
-    last = b"0-0"
+    tail = StreamsTail(redis, outboxes)
     while not stop.is_set():
-        entries = await xread_after(redis, stream, last)
+        entries = await tail.read()
         if not entries:
             continue
         now = time.time()
-        for entry_id, fields in entries:
-            last = entry_id
+        for _, fields in entries:
             # an engine entry holds the event once and its firings as a list; a hand-written
             # one (the dispatcher case) is one firing in `data`
             data = fields.get(b"event") or fields.get(b"data") or b""
@@ -113,7 +112,7 @@ async def event_to_firing(bench: Bench, seconds: float, size: int, warmup: float
     try:
         engines[0].go()
         watcher = asyncio.create_task(
-            watch_firings(watcher_redis, keys.firings, samples, cutoff, stop))
+            watch_firings(watcher_redis, keys.outboxes, samples, cutoff, stop))
         sent = await steady(seconds + warmup, EVENT_RATE, send)
         await asyncio.sleep(0.5)  # let the last firings arrive
         stop.set()
@@ -149,7 +148,7 @@ async def firing_to_webhook(
                                 triggered=datetime.now(UTC))
                 if now >= warm_until:
                     sent_at[str(firing.id)] = now
-                pipe.xadd(keys.firings, {b"data": firing.to_json()})
+                pipe.xadd(keys.of(automation.id).firings, {b"data": firing.to_json()})
             await pipe.execute()
 
     try:

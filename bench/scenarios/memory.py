@@ -53,12 +53,14 @@ async def buckets(bench: Bench, count: int) -> list[Row]:
         await stop_all(engines)
     await bench.redis.delete(keys.events)
     with_markers = await used_memory(bench)
-    markers = await count_keys(bench, f"{prefix}:seen:*")
-    found = [key async for key in bench.redis.scan_iter(match=f"{prefix}:seen:*", count=5000)]
+    parts = keys.all_partitions
+    markers = sum([await count_keys(bench, part.seen("*")) for part in parts])
+    found = [key for part in parts
+             async for key in bench.redis.scan_iter(match=part.seen("*"), count=5000)]
     for offset in range(0, len(found), 5000):
         await bench.redis.unlink(*found[offset:offset + 5000])
     after = await used_memory(bench)
-    opened = await count_keys(bench, f"{prefix}:bucket:*")
+    opened = sum([await count_keys(bench, f"{part.base}:bucket:*") for part in parts])
     await bench.cleanup(prefix)
     per_bucket = (after - before) / opened if opened else 0.0
     rows: list[Row] = [{

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from automations.keys import Keys
 from automations.models import Automation
 from bench.drive import (
     FiringCounter,
@@ -45,25 +46,25 @@ async def ours(
     counts."""
     prefix = bench.new_prefix("peer")
     engines = await start_engines(bench, prefix, automations)
-    stream = f"{prefix}:firings"
-    counter = FiringCounter(bench.redis, stream)
+    keys = Keys(prefix)
+    counter = FiringCounter(bench.redis, keys.outboxes)
     try:
         engines[0].go()
         start = time.perf_counter()
-        await push(bench.redis, f"{prefix}:events", encode(events))
+        await push(bench.redis, keys.events, encode(events))
         last, last_change = -1, start
         while time.perf_counter() - last_change < 10:
             count = await counter.update()
             if count != last:
                 last, last_change = count, time.perf_counter()
-            if count >= expected and await all_announced(bench.redis, stream):
+            if count >= expected and await all_announced(bench.redis, keys.outboxes):
                 last_change = time.perf_counter()
                 break
             await asyncio.sleep(0.005)
         seconds = last_change - start
     finally:
         await stop_all(engines)
-    return seconds, dict(per_automation(await read_firings(bench.redis, stream)))
+    return seconds, dict(per_automation(await read_firings(bench.redis, keys.outboxes)))
 
 
 async def prefect(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -22,7 +23,7 @@ from automations.engine.outbox import firing_dicts
 from automations.keys import Keys
 from automations.models import Automation
 from bench.drive import count_firings, start_engines
-from bench.harness import Bench, Row, latency_figures, xread_after
+from bench.harness import Bench, Row, StreamsTail, latency_figures
 from bench.procs import stop_all
 from bench.workload import encode, event_dict, push
 from triggers.models import EventTrigger, Posture
@@ -41,20 +42,20 @@ def automation() -> Automation:
 
 
 async def watch(
-    redis: aioredis.Redis, stream: str, expected: int, timeout: float
+    redis: aioredis.Redis, outboxes: Sequence[str], expected: int, timeout: float
 ) -> tuple[list[float], int, set[str]]:
     """Lateness of each firing (seen - deadline), firings seen, distinct labels fired."""
     lateness: list[float] = []
     labels: set[str] = set()
-    seen, last = 0, b"0-0"
+    seen = 0
+    tail = StreamsTail(redis, outboxes)
     deadline = time.perf_counter() + timeout
     while seen < expected and time.perf_counter() < deadline:
-        entries = await xread_after(redis, stream, last)
+        entries = await tail.read()
         if not entries:
             continue
         now = time.time()
-        for entry_id, fields in entries:
-            last = entry_id
+        for _, fields in entries:
             for firing in firing_dicts(fields):
                 seen += 1
                 labels.add(orjson.dumps(firing.get("triggering_labels")).decode())
@@ -95,11 +96,11 @@ async def run(bench: Bench) -> list[Row]:
         for engine in engines:
             engine.go()
         watcher = asyncio.create_task(
-            watch(watcher_redis, keys.firings, count, timeout=WITHIN - back + spread + 15))
+            watch(watcher_redis, keys.outboxes, count, timeout=WITHIN - back + spread + 15))
         await send_opens(bench, keys.events, count, spread, back)
         lateness, seen, labels = await watcher
         await asyncio.sleep(0.5)  # a repeat firing would land now
-        total = await count_firings(bench.redis, keys.firings)
+        total = await count_firings(bench.redis, keys.outboxes)
     finally:
         await stop_all(engines)
         await watcher_redis.aclose()

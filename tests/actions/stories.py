@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from actions.models import Action
 from automations.events import Event
+from automations.insight.dead_letters import dead_keys, read_all
 from automations.keys import Keys
 from automations.models import Automation
 from automations.store import AutomationStore
@@ -46,7 +47,7 @@ async def fire(
         triggering_event=None if event is None else event.to_dict(),
         automation_triggered_event_id=uuid4(),
     )
-    await redis.xadd(keys.firings, {b"data": firing.to_json()})
+    await redis.xadd(keys.of(a.id).firings, {b"data": firing.to_json()})
     return firing
 
 
@@ -63,5 +64,6 @@ async def action_events(redis: aioredis.Redis, keys: Keys) -> list[dict[str, Any
 
 
 async def dead_letters(redis: aioredis.Redis, keys: Keys) -> list[dict[str, str]]:
-    raw: Any = await redis.xrange(keys.dead(keys.firings))
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
+    """Every firings dead letter (given-up actions and every outbox's rejects), oldest first."""
+    letters = await read_all(redis, dead_keys(keys, "firings"))
+    return [letter.fields for letter in reversed(letters)]

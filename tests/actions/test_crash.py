@@ -56,7 +56,7 @@ async def test_kill_between_effect_and_ack_does_not_repeat_the_effect(
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-    pending = await redis.xpending(keys.firings, DISPATCH_GROUP)
+    pending = await redis.xpending(keys.partition(0).firings, DISPATCH_GROUP)
     assert pending["pending"] == 2, (tmp_path / "dispatcher.log").read_text()
 
     http_sink.script("/hang", Response(200))
@@ -68,7 +68,7 @@ async def test_kill_between_effect_and_ack_does_not_repeat_the_effect(
 
     assert len(http_sink.received("/once")) == 1
     assert survivor.counts["skipped"] == 1
-    assert (await redis.xpending(keys.firings, DISPATCH_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.partition(0).firings, DISPATCH_GROUP))["pending"] == 0
     executed = [e for e in await action_events(redis, keys)
                 if e["event"].endswith(".executed")]
     assert len(executed) == 2

@@ -68,7 +68,7 @@ async def test_redelivered_firing_does_not_repeat_the_effect(
     [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/hook"))))
     firing = await fire(redis, keys, a, disk_event())
     await dispatcher.drain()
-    await redis.xadd(keys.firings, {b"data": firing.to_json()})  # the same firing again
+    await redis.xadd(keys.partition(0).firings, {b"data": firing.to_json()})  # again
     await dispatcher.drain()
     assert len(http_sink.received("/hook")) == 1
     assert dispatcher.counts["skipped"] == 1
@@ -200,13 +200,13 @@ async def test_bad_entries_are_dead_lettered_and_do_not_stop_the_batch(
     redis: aioredis.Redis, keys: Keys, store: AutomationStore, dispatcher: Dispatcher,
 ) -> None:
     [a] = await stored(store, automation(DoNothing()))
-    await redis.xadd(keys.firings, {b"data": b"{not json"})
-    await redis.xadd(keys.firings, {b"other": b"x"})
+    await redis.xadd(keys.partition(0).firings, {b"data": b"{not json"})
+    await redis.xadd(keys.partition(0).firings, {b"other": b"x"})
     deleted = automation(DoNothing(), name="deleted")  # never stored
     await fire(redis, keys, deleted, disk_event())
     broken = Firing(automation_id=a.id, trigger_id=a.trigger.id, triggered=datetime.now(UTC),
                     triggering_event={"event": "no resource"})
-    await redis.xadd(keys.firings, {b"data": broken.to_json()})
+    await redis.xadd(keys.partition(0).firings, {b"data": broken.to_json()})
     await fire(redis, keys, a, disk_event())
     await dispatcher.drain()
     reasons = sorted(d["reason"].split(":")[0] for d in await dead_letters(redis, keys))
@@ -222,7 +222,7 @@ async def test_an_invalid_firing_is_dead_lettered_with_the_field_path(
     [a] = await stored(store, automation(DoNothing()))
     firing = await fire(redis, keys, a, disk_event())
     broken = orjson.loads(firing.to_json()) | {"triggering_event": [1]}
-    await redis.xadd(keys.firings, {b"data": orjson.dumps(broken)})
+    await redis.xadd(keys.partition(0).firings, {b"data": orjson.dumps(broken)})
 
     await dispatcher.drain()
 
@@ -264,8 +264,9 @@ async def test_an_engine_entry_runs_each_of_its_firings(
     now = datetime.now(UTC).isoformat()
     compact = [{"id": str(uuid4()), "automation_id": str(x.id), "trigger_id": str(x.trigger.id),
                 "triggered": now} for x in (a, deleted)]
-    await redis.xadd(keys.firings, {b"firings": orjson.dumps(compact), b"event": e.to_json(),
-                                    b"event_id": str(e.id).encode()})
+    await redis.xadd(keys.partition(0).firings, {b"firings": orjson.dumps(compact),
+                                                 b"event": e.to_json(),
+                                                 b"event_id": str(e.id).encode()})
     await dispatcher.drain()
     [request] = http_sink.requests
     assert request.path == "/a"

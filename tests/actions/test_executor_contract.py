@@ -100,7 +100,7 @@ async def test_executor_contract(
     assert outcome["payload"].get("will_retry") == (False if at_most_once else
                                                     expected.will_retry)
     everything = [str(await redis.xrange(keys.events)),
-                  str(await redis.xrange(keys.dead(keys.firings))),
+                  str(await redis.xrange(keys.dead("firings"))),
                   str(await redis.hgetall(keys.action_retry_jobs)), caplog.text]
     for secret in (TOKEN, API_KEY, PASSWORD, HEADER_SECRET):
         for text in everything:

@@ -51,12 +51,12 @@ async def test_poison_firings_are_dead_lettered_alone_and_the_others_delivered(
     deep = {**disk_event().to_dict(), "payload": nested(300)}
     compact = [{"id": str(uuid4()), "automation_id": str(a.id),
                 "trigger_id": str(a.trigger.id), "triggered": datetime.now(UTC).isoformat()}]
-    await redis.xadd(keys.firings, {b"firings": orjson.dumps(compact),
+    await redis.xadd(keys.partition(0).firings, {b"firings": orjson.dumps(compact),
                                     b"event": json.dumps(deep).encode(),  # orjson: <255 levels
                                     b"event_id": deep["id"].encode()})
     # A firing whose triggering event is too deep for an event (64 levels).
     firing = orjson.loads(good[0].to_json()) | {"id": str(uuid4()), "triggering_event": deep}
-    await redis.xadd(keys.firings, {b"data": json.dumps(firing).encode()})
+    await redis.xadd(keys.partition(0).firings, {b"data": json.dumps(firing).encode()})
     good += [await fire(redis, keys, a, disk_event()) for _ in range(2)]
 
     await dispatcher.drain()
@@ -95,7 +95,8 @@ async def test_an_action_whose_record_fails_does_not_cancel_its_siblings(
         lease = keys.action_lease(f"{poisoned.id}:0")
         await redis.delete(lease)
         await redis.hset(lease, "clobbered", "1")
-        await wait_until(lambda: acknowledged(redis, keys.firings, DISPATCH_GROUP), timeout=20,
+        outbox = keys.partition(0).firings
+        await wait_until(lambda: acknowledged(redis, outbox, DISPATCH_GROUP), timeout=20,
                          what="the batch acknowledged")
         dispatcher.stop()
     await redis.delete(lease)

@@ -69,7 +69,8 @@ async def test_a_reclaimed_batch_does_not_start_a_second_copy(
     first = Dispatcher(redis, settings, ports=ports, keys=keys, consumer="first")
     second = Dispatcher(redis, settings, ports=ports, keys=keys, consumer="second")
     await first.consumers[0].ensure_group()
-    reply: Any = await redis.xreadgroup(DISPATCH_GROUP, "first", {keys.firings: ">"}, count=10)
+    reply: Any = await redis.xreadgroup(DISPATCH_GROUP, "first", {keys.partition(0).firings: ">"},
+                                        count=10)
     entries = [Entry(i.decode(), f, 1) for i, f in reply[0][1]]
     async with first, second, anyio.create_task_group() as tg:
         tg.start_soon(first.handle_batch, entries)  # no reader: its claim is not kept fresh
@@ -137,5 +138,5 @@ async def test_a_stalled_dispatcher_is_fenced_when_it_resumes(
     assert survivor.counts["executed"] == 1
     executed = [e for e in await action_events(redis, keys) if e["event"].endswith(".executed")]
     assert len(executed) == 1
-    pending: Any = await redis.xpending(keys.firings, DISPATCH_GROUP)
+    pending: Any = await redis.xpending(keys.partition(0).firings, DISPATCH_GROUP)
     assert pending["pending"] == 0

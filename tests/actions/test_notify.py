@@ -108,7 +108,7 @@ async def test_cooldown_drops_and_counts_then_reports_suppressed(
     assert sorted(e["payload"]["throttled"] for e in executed) == [0, 1, 1, 1]
 
     # The cooldown ends: the next notification says how many were suppressed.
-    found: Any = await redis.keys(f"{keys.prefix}:actions:cooldown:*")
+    found: Any = await redis.keys(f"{keys.g}:actions:cooldown:*")
     await redis.delete(keys.cooldown(str(a.id), _first_cooldown_target(found)))
     await fire(redis, keys, a, disk_event())
     await dispatcher.drain()

@@ -40,7 +40,7 @@ async def test_a_receiver_slower_than_the_timeout_gets_one_notification(
     async with Dispatcher(redis, settings, ports=build_ports(redis, settings, keys),
                           keys=keys) as dispatcher:
         await dispatcher.drain()
-        await redis.xadd(keys.firings, {b"data": firing.to_json()})  # a redelivery
+        await redis.xadd(keys.partition(0).firings, {b"data": firing.to_json()})  # a redelivery
         await dispatcher.drain()
     assert len(http_sink.received("/n")) == 1
     [failed] = outcomes(await action_events(redis, keys))
@@ -54,7 +54,7 @@ async def test_a_receiver_slower_than_the_timeout_gets_one_notification(
     assert dispatcher.counts["skipped"] == 1
 
     # An operator's re-drive of the dead letter is meant to send: it does.
-    [letter] = await read(redis, keys.dead(keys.firings))
+    [letter] = await read(redis, keys.dead("firings"))
     await redrive(redis, keys, letter, now=time.time())
     async with Dispatcher(redis, settings, ports=build_ports(redis, settings, keys),
                           keys=keys) as again:
@@ -109,4 +109,4 @@ async def test_a_dispatcher_killed_mid_send_is_not_followed_by_a_second_send(
     failed = outcomes(await action_events(redis, keys))[-1]
     assert failed["payload"]["targets"][0]["status"] == "unconfirmed"
     assert "did not conclude" in failed["payload"]["message"]
-    assert (await redis.xpending(keys.firings, DISPATCH_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.partition(0).firings, DISPATCH_GROUP))["pending"] == 0

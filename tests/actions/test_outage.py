@@ -37,7 +37,7 @@ async def test_dispatcher_rides_out_a_redis_restart(
             await http_sink.wait_for(1, "/after")
             own_redis.stop()
             # the readers and the retry loop hit the dead server
-            await logged(caplog, f"{keys.firings}/{DISPATCH_GROUP}: Redis unreachable")
+            await logged(caplog, f"{keys.partition(0).firings}/{DISPATCH_GROUP}: Redis unreachable")
             await logged(caplog, "action retries: Redis unreachable")
             own_redis.start()  # without persistence: the automation is stored again
             [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/after"))))
@@ -75,7 +75,7 @@ async def test_effect_done_during_an_outage_is_recorded_not_repeated(
             own_redis.start()
             await wait_until(lambda: client.exists(keys.done(key)), tolerate=CONNECTION_ERRORS)
             dispatcher.stop()
-        pending: Any = await client.xpending(keys.firings, DISPATCH_GROUP)
+        pending: Any = await client.xpending(keys.partition(0).firings, DISPATCH_GROUP)
         assert pending["pending"] == 0
     finally:
         await client.aclose()

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from automations.cli.app import app
 from automations.cli.common import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USER_ERROR
+from automations.keys import Keys
 from bench.redis_server import free_port
 from tests.automations.documents import write
 
@@ -54,8 +55,9 @@ def test_ls_shows_name_enabled_trigger_actions_and_last_fired(
     empty = cli("ls")
     assert "never" in empty.stdout
     client = redis.Redis.from_url(redis_url)
-    ident = client.hget(f"{prefix}:automations:names", "one")
-    client.hset(f"{prefix}:automations:last-fired", ident, "2026-11-24T23:59:00+00:00")
+    keys = Keys(prefix)
+    ident = client.hget(keys.automation_names, "one")
+    client.hset(keys.last_fired, ident, "2026-11-24T23:59:00+00:00")
     client.close()
     table = CliRunner().invoke(app, ["ls"], env={
         "AUTOMATIONS_REDIS_URL": redis_url, "AUTOMATIONS_PREFIX": prefix, "COLUMNS": "250"})

@@ -291,7 +291,7 @@ async def test_each_service_trims_its_stream_with_that_streams_setting(
     settings = Settings(prefix=keys.prefix, events_maxlen=5_000, firings_maxlen=7_000)
     engine = Engine(redis, settings, keys=keys)
     assert engine._consumer.maxlen == 5_000
-    assert engine.announcer.consumer.maxlen == 7_000
+    assert {c.maxlen for c in engine.announcer.consumers} == {7_000}
     dispatcher = Dispatcher(redis, settings, ports=build_ports(redis, settings, keys), keys=keys)
     assert {c.maxlen for c in dispatcher.consumers} == {7_000}
     assert Worker(redis, settings).consumer.maxlen == 5_000  # runs: as long as events

@@ -18,7 +18,7 @@ from automations.cli.app import app
 from automations.cli.common import EXIT_NOT_FOUND, EXIT_USER_ERROR
 from automations.dispatch.dispatcher import Dispatcher
 from automations.errors import NotFound
-from automations.insight.dead_letters import dead_key, dead_streams, find, read, redrive
+from automations.insight.dead_letters import dead_keys, dead_streams, find, read, redrive
 from automations.insight.history import DEAD, EXECUTED, read_history
 from automations.keys import Keys
 from automations.settings import Settings
@@ -62,7 +62,8 @@ async def test_a_retried_dead_event_is_evaluated_again_and_fires(
     early = event(FAILED, far, "flow-run.1")
     assert await h.send(early) == []  # too far ahead of the engine's clock: dead-lettered
     assert await dead_streams(redis, keys) == {keys.dead(keys.events): 1}
-    [letter] = await read(redis, dead_key(keys, "events"))
+    [events_dead] = dead_keys(keys, "events")
+    [letter] = await read(redis, events_dead)
     assert "ahead of the engine's clock" in letter.reason
     assert letter.source.startswith(f"{keys.events} ")
     assert letter.to_json(full=True)["payload"]["id"] == str(early.id)
@@ -87,14 +88,14 @@ async def test_a_retried_dead_action_is_delivered(
     [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/hook"))))
     firing = await fire(redis, keys, a, disk_event())
     await dispatcher.drain()  # two attempts, then given up
-    [letter] = await read(redis, keys.dead(keys.firings))
+    [letter] = await read(redis, keys.dead("firings"))
     assert letter.is_action and letter.fields["attempts"] == "2"
     assert letter.source == f"action 0 (call-webhook) of firing {firing.id}"
     [record] = await read_history(redis, keys)
     assert record.actions[0].outcome == DEAD
 
     assert "scheduled now as attempt 3" in await redrive(redis, keys, letter, now=time.time())
-    assert await redis.xlen(keys.dead(keys.firings)) == 0
+    assert await redis.xlen(keys.dead("firings")) == 0
     await dispatcher.drain()
     requests = http_sink.received("/hook")
     assert len(requests) == 3
@@ -111,7 +112,7 @@ async def test_a_retried_rejected_firing_goes_back_to_the_firings_stream(
     a = automation(CallWebhook(url=http_sink.url("/late")), name="late")  # not stored yet
     firing = await fire(redis, keys, a, disk_event())
     await dispatcher.drain()
-    [letter] = await read(redis, keys.dead(keys.firings))
+    [letter] = await read(redis, keys.partition(0).dead_firings)
     assert not letter.is_action and "does not exist" in letter.reason
     await stored(store, a)
     await redrive(redis, keys, letter, now=time.time())
@@ -129,7 +130,7 @@ async def test_find_errors(redis: aioredis.Redis, keys: Keys) -> None:
     await redis.xadd(keys.dead("runs"), {"data": "y"}, id="5-0")
     with pytest.raises(ValueError, match="several dead streams"):
         await find(redis, keys, "5-0")
-    assert (await find(redis, keys, "5-0", f"{keys.prefix}:dead:runs")).fields == {"data": "y"}
+    assert (await find(redis, keys, "5-0", keys.dead("runs"))).fields == {"data": "y"}
 
 
 async def test_cli_ls_show_retry_purge(

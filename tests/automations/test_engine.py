@@ -166,8 +166,9 @@ async def test_immediate_trigger_fires_without_bucket_state(h: Harness) -> None:
     await h.load(a)
     firings = await h.send(event(FAILED, 0, "r1"), event(FAILED, 1, "r1"), event(FAILED, 2, "r2"))
     assert [f.triggering_labels["prefect.resource.id"] for f in firings] == ["r1", "r1", "r2"]
-    assert [k async for k in h.redis.scan_iter(match=h.keys.bucket(str(a.id), "*", "*"))] == []
-    assert await h.redis.zcard(h.keys.deadlines) == 0
+    pattern = h.keys.partition(0).bucket(str(a.id), "*", "*")
+    assert [k async for k in h.redis.scan_iter(match=pattern)] == []
+    assert await h.redis.zcard(h.keys.partition(0).deadlines) == 0
 
 
 async def test_last_fired_is_recorded_for_every_automation_of_a_batch(h: Harness) -> None:

@@ -44,7 +44,7 @@ def spawn(procs: list[subprocess.Popen[str]], redis_url: str, prefix: str, name:
 
 
 async def _firings(redis: aioredis.Redis, keys: Keys) -> list[Firing]:
-    entries: Any = await redis.xrange(keys.firings)
+    entries: Any = await redis.xrange(keys.partition(0).firings)
     return [firing for _, f in entries for firing in firings_of(f)]
 
 

@@ -28,12 +28,13 @@ async def test_engine_service_loads_and_follows_the_store(
     stopping = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(settings, ["engine", "timer"], stopping=stopping))
-        assert await wait_until(lambda: redis.xlen(keys.firings)) == 1  # queued before start
+        outbox = keys.partition(0).firings
+        assert await wait_until(lambda: redis.xlen(outbox)) == 1  # queued before start
         await store.apply([automation({"posture": "Reactive", "expect": ["b"]}, name="on-a")])
 
         async def b_fires() -> bool:
             await publisher.publish([Event(event="b", resource={"prefect.resource.id": "r"})])
-            return int(await redis.xlen(keys.firings)) > 1
+            return int(await redis.xlen(keys.partition(0).firings)) > 1
 
         # hot reload: the new trigger is in force within a second
         await wait_until(b_fires, timeout=5, poll=0.2)

@@ -8,10 +8,13 @@ from typing import Any
 from uuid import uuid4
 
 import orjson
+import pytest
 
+from automations.engine.intake import decode_event
 from automations.events import MAX_EVENT_BYTES
 from automations.settings import Settings
 from tests.automations.engine_harness import Harness, automation, event
+from triggers.index import TriggerIndex
 
 FAILED = "prefect.flow-run.Failed"
 
@@ -72,3 +75,29 @@ async def test_an_event_far_ahead_of_the_clock_is_dead_lettered_and_blocks_nothi
         "check the producer's clock"
     ]
     assert [f.triggering_labels for f in firings] == [{"prefect.resource.id": "a"}]
+
+
+@pytest.mark.parametrize("fields", [
+    {},
+    {"id": "0190D0A4-9C3E-7000-8000-00000000000A",
+     "follows": "0190D0A4-9C3E-7000-8000-00000000000B"},
+    {"occurred": "2026-01-01T12:00:00"},  # naive: UTC
+    {"occurred": "2026-01-01T14:00:00.123+02:00"},
+    {"occurred": "1969-12-31T23:59:59.999999Z"},
+    {"follows": "0190d0a4-9c3e-7000-8000-00000000000c", "related": [], "payload": {}},
+])
+def test_the_light_path_reads_what_the_model_reads(fields: dict[str, Any]) -> None:
+    """An event no trigger watches skips the model: its id, time and leader must still be
+    those the model gives (canonical ids, exact microseconds, any offset)."""
+    data = {"id": "0190d0a4-9c3e-7000-8000-000000000001", "occurred": "2026-01-01T12:00:00Z",
+            "event": FAILED, "resource": {"prefect.resource.id": "r1"}, **fields}
+    raw = orjson.dumps(data)
+    watching = TriggerIndex()
+    watched = automation({"posture": "Reactive", "expect": [FAILED]})
+    watching.add(watched.id, watched.trigger)
+
+    light, model = decode_event(raw, TriggerIndex()), decode_event(raw, watching)
+
+    assert light.event is None and model.event is not None
+    assert (light.id, light.name, light.occurred_us, light.follows, light.raw) == \
+        (model.id, model.name, model.occurred_us, model.follows, model.raw)

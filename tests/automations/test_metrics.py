@@ -114,7 +114,7 @@ async def test_serve_exposes_metrics_health_and_readiness(
                            and s.labels == {"stream": keys.events, "group": "engine"}
                            for s in samples)
                 assert any(s.name == "automations_consumer_lag"
-                           and s.labels["stream"] == keys.firings for s in samples)
+                           and s.labels["stream"] == keys.partition(0).firings for s in samples)
                 assert await status(http, "/healthz") == 200
 
                 await anyio.to_thread.run_sync(own_redis.stop)

@@ -22,7 +22,7 @@ def reactive(**fields: Any) -> dict[str, Any]:
 
 
 async def entries(h: Harness) -> list[dict[bytes, bytes]]:
-    raw: Any = await h.redis.xrange(h.keys.firings)
+    raw: Any = await h.redis.xrange(h.keys.partition(0).firings)
     return [fields for _, fields in raw]
 
 
@@ -76,8 +76,9 @@ async def test_an_unacknowledged_batch_is_announced_by_the_next_reader(h: Harnes
     await h.publisher.publish([event(FAILED, 0)])
     await h.engine._consumer.run_until_idle()  # evaluated, not announced yet
     # a reader that takes the entry and dies before announcing it
-    await h.redis.xgroup_create(h.keys.firings, ANNOUNCE_GROUP, id="0", mkstream=True)
-    taken: Any = await h.redis.xreadgroup(ANNOUNCE_GROUP, "died", {h.keys.firings: ">"})
+    outbox = h.keys.partition(0).firings
+    await h.redis.xgroup_create(outbox, ANNOUNCE_GROUP, id="0", mkstream=True)
+    taken: Any = await h.redis.xreadgroup(ANNOUNCE_GROUP, "died", {outbox: ">"})
     assert len(taken[0][1]) == 1
     assert await triggered_events(h) == []
     heir = Announcer(h.redis, h.settings.model_copy(update={"claim_idle_ms": 0}),
@@ -88,20 +89,20 @@ async def test_an_unacknowledged_batch_is_announced_by_the_next_reader(h: Harnes
     [firing] = await h.firings()
     by_id = {"prefect.resource.id": f"prefect.automation.{firing.automation_id}"}
     assert announced.resource == by_id
-    assert (await h.redis.xpending(h.keys.firings, ANNOUNCE_GROUP))["pending"] == 0
+    assert (await h.redis.xpending(h.keys.partition(0).firings, ANNOUNCE_GROUP))["pending"] == 0
 
 
 async def test_hand_written_and_broken_entries_are_not_announced(h: Harness) -> None:
     a = automation(reactive(), name="a")
     await h.load(a)
     hand = Firing(automation_id=a.id, trigger_id=a.trigger.id, triggered=datetime.now(UTC))
-    await h.redis.xadd(h.keys.firings, {b"data": hand.to_json()})
-    await h.redis.xadd(h.keys.firings, {b"firings": b"{not a list"})
+    await h.redis.xadd(h.keys.partition(0).firings, {b"data": hand.to_json()})
+    await h.redis.xadd(h.keys.partition(0).firings, {b"firings": b"{not a list"})
     await h.publisher.publish([event(FAILED, 0)])
     await h.engine.run_until_idle()
     [announced] = await triggered_events(h)  # only the engine's own firing
     assert announced.resource["prefect.resource.name"] == "a"
-    assert (await h.redis.xpending(h.keys.firings, ANNOUNCE_GROUP))["pending"] == 0
+    assert (await h.redis.xpending(h.keys.partition(0).firings, ANNOUNCE_GROUP))["pending"] == 0
 
 
 def test_firings_of_reads_both_entry_forms() -> None:
@@ -125,7 +126,7 @@ async def test_a_large_batch_is_announced_and_acknowledged_whole(h: Harness) -> 
             firing = {"id": str(uuid4()), "automation_id": str(uuid4()),
                       "trigger_id": str(uuid4()), "triggered": now,
                       "automation_triggered_event_id": str(uuid4())}
-            pipe.xadd(h.keys.firings, {b"firings": orjson.dumps([firing])})
+            pipe.xadd(h.keys.partition(0).firings, {b"firings": orjson.dumps([firing])})
         await pipe.execute()
     announcer = Announcer(h.redis, h.settings.model_copy(update={"batch_size": 2_000}),
                           keys=h.keys, resource_of=lambda _: None, consumer="big")
@@ -133,4 +134,4 @@ async def test_a_large_batch_is_announced_and_acknowledged_whole(h: Harness) -> 
     assert announcer.announced == 1_500
     assert len(await triggered_events(h)) == 1_500
     assert await h.redis.hlen(h.keys.last_fired) == 1_500
-    assert (await h.redis.xpending(h.keys.firings, ANNOUNCE_GROUP))["pending"] == 0
+    assert (await h.redis.xpending(h.keys.partition(0).firings, ANNOUNCE_GROUP))["pending"] == 0

@@ -194,7 +194,7 @@ def hot(name: str, event: str) -> Automation:
 
 
 async def fired_for(redis: aioredis.Redis, keys: Keys, automation_id: UUID) -> int:
-    entries: Any = await redis.xrange(keys.firings)
+    entries: Any = await redis.xrange(keys.partition(0).firings)
     return sum(1 for _, fields in entries for firing in firings_of(fields)
                if firing.automation_id == automation_id)
 

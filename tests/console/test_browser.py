@@ -121,7 +121,7 @@ def settled(settings: Settings, timeout: float = 10.0) -> None:
     try:
         while time.monotonic() < deadline:
             if all(_acked(client, stream, group) for stream, group in
-                   ((keys.events, ENGINE_GROUP), (keys.firings, DISPATCH_GROUP))):
+                   ((keys.events, ENGINE_GROUP), (keys.partition(0).firings, DISPATCH_GROUP))):
                 return
             time.sleep(0.05)
     finally:

@@ -101,7 +101,7 @@ async def prepare(client: aioredis.Redis, keys: Keys, fleet: Fleet, port: int) -
 
     async def groups() -> bool:
         events: Any = await client.xinfo_groups(keys.events)
-        firings: Any = await client.xinfo_groups(keys.firings)
+        firings: Any = await client.xinfo_groups(keys.partition(0).firings)
         names = {g["name"] for g in [*events, *firings]}
         return {n.encode() for n in (ENGINE_GROUP, DISPATCH_GROUP, ANNOUNCE_GROUP)} <= {
             n if isinstance(n, bytes) else n.encode() for n in names}

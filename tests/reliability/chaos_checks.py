@@ -38,12 +38,13 @@ class Books:
 
     def __init__(self, client: aioredis.Redis, keys: Keys, names: dict[str, str]) -> None:
         self.client, self.keys, self.names = client, keys, names
+        self.outbox = keys.partition(0).firings  # the chaos runs one partition
         self.fired: list[Fired] = []
         self._after = "-"
 
     async def read_firings(self) -> None:
         while True:
-            entries: Any = await self.client.xrange(self.keys.firings, min=self._after, count=2000)
+            entries: Any = await self.client.xrange(self.outbox, min=self._after, count=2000)
             entries = [e for e in entries if e[0].decode() != self._after]
             if not entries:
                 return
@@ -77,23 +78,25 @@ class Books:
                 for _, f in await self.scan(self.keys.dead(self.keys.events))}
 
     async def dead_firings(self) -> list[str]:
-        return [f[b"reason"].decode()[:160]
-                for _, f in await self.scan(self.keys.dead(self.keys.firings))]
+        """Rejected outbox entries, then given-up actions."""
+        found = [*await self.scan(self.keys.partition(0).dead_firings),
+                 *await self.scan(self.keys.dead("firings"))]
+        return [f[b"reason"].decode()[:160] for _, f in found]
 
     async def maybe_delivered(self) -> set[str]:
         """Actions given up because an attempt timed out with an unknown outcome: a
         notification is sent at most once (docs/actions.md), so such an action is not retried
         but dead-lettered, where an operator can re-drive it. Not lost: parked, and counted."""
         return {f[b"idempotency_key"].decode()
-                for _, f in await self.scan(self.keys.dead(self.keys.firings))
+                for _, f in await self.scan(self.keys.dead("firings"))
                 if b"may have been delivered" in f.get(b"reason", b"")
                 and b"idempotency_key" in f}
 
     async def idle(self) -> bool:
         """Every group has handled everything, and no action retry waits."""
         for stream, group in ((self.keys.events, ENGINE_GROUP),
-                              (self.keys.firings, DISPATCH_GROUP),
-                              (self.keys.firings, ANNOUNCE_GROUP)):
+                              (self.outbox, DISPATCH_GROUP),
+                              (self.outbox, ANNOUNCE_GROUP)):
             if not await acknowledged(self.client, stream, group):
                 return False
         return not await self.client.zcard(self.keys.action_retries)

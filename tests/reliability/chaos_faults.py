@@ -218,7 +218,7 @@ class Chaos:
             return False
         keys = Keys(PREFIX)
         stream, group = ((keys.events, ENGINE_GROUP) if kind == "engine" else
-                         (keys.firings, DISPATCH_GROUP))
+                         (keys.partition(0).firings, DISPATCH_GROUP))
         name = f"{service}.{self.fleet.generation[service]}".encode()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

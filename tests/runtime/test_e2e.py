@@ -132,7 +132,7 @@ async def test_three_failures_within_a_minute_send_one_email(
         failures = [e for e in await read_events(redis, keys)
                     if e.event == "prefect.flow-run.Failed"]
         return (len(failures) == 4 and await acknowledged(redis, keys.events, ENGINE_GROUP)
-                and await acknowledged(redis, keys.firings, DISPATCH_GROUP))
+                and await acknowledged(redis, keys.partition(0).firings, DISPATCH_GROUP))
 
     await wait_until(all_handled, timeout=30)
     assert len(smtp_sink.messages) == 1  # the 4th failure is inside the same window

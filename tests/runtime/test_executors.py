@@ -91,8 +91,8 @@ async def test_one_flow_run_per_firing_and_action_even_when_redelivered(
     firing = await fire(redis, keys, a, disk_event())
     await dispatcher.drain()
     # a crash after the effect but before "done" was recorded: the firing comes again
-    await redis.delete(*[k async for k in redis.scan_iter(match=f"{keys.prefix}:done:*")])
-    await redis.xadd(keys.firings, {b"data": firing.to_json()})
+    await redis.delete(*[k async for k in redis.scan_iter(match=f"{keys.g}:done:*")])
+    await redis.xadd(keys.partition(0).firings, {b"data": firing.to_json()})
     await dispatcher.drain()
     assert len(await _runs(redis, settings)) == 1
     assert await redis.xlen(keys.runs) == 1

@@ -169,7 +169,7 @@ def test_flow_survives_redis_down_and_flushes_when_it_returns(
     assert any("buffering" in r.getMessage() for r in caplog.records)
     client = sync_redis.Redis.from_url(own_redis.url)
     try:
-        entries = client.xrange(f"{prefix}:events")
+        entries = client.xrange(Keys(prefix).events)
     finally:
         client.close()
     got = [Event.from_json(f[b"data"]).event for _, f in entries or [] if f]

@@ -56,7 +56,7 @@ async def test_all_needs_every_child_and_resets(h: Harness, redis: aioredis.Redi
     # each child keeps its own event (C's, the parent's own, is stored once in the entry)
     assert [f.triggering_event and f.triggering_event["id"]
             for f in firing.triggering_firings[1:]] == [str(e.id) for e in (b, c)]
-    assert not await redis.exists(h.keys.composite(str(a.id), str(a.trigger.id)))
+    assert not await redis.exists(h.keys.partition(0).composite(str(a.id), str(a.trigger.id)))
     assert await h.send(event(C, 4)) == []
 
 
@@ -198,7 +198,7 @@ async def test_children_firing_together_fire_the_parent_without_state(
     await h.load(a)
     firings = await h.send(event(A, 0), event(A, 1))
     assert [len(f.triggering_firings) for f in firings] == [2, 2]
-    assert not await redis.exists(h.keys.composite(str(a.id), str(a.trigger.id)))
+    assert not await redis.exists(h.keys.partition(0).composite(str(a.id), str(a.trigger.id)))
 
 
 async def test_waiting_children_are_kept_with_an_expiry(
@@ -207,7 +207,7 @@ async def test_waiting_children_are_kept_with_an_expiry(
     a = automation(compound("all", A, B, within=60))
     await h.load(a)
     assert await h.send(event(A, 0), event(A, 1)) == []
-    key = h.keys.composite(str(a.id), str(a.trigger.id))
+    key = h.keys.partition(0).composite(str(a.id), str(a.trigger.id))
     assert await redis.hlen(key) == 1
     assert 0 < await redis.pttl(key) <= 120_000
     assert len(await h.send(event(B, 2))) == 1

@@ -26,15 +26,15 @@ def test_scripts_share_the_state_machine() -> None:
 
 
 def test_batch_repr(h: Harness) -> None:
-    batch = WindowBatch(h.keys)
-    batch.add_event("id", 1, b"{}", follows=None, waits=True, counts=True)
+    batch = WindowBatch(h.keys.partition(0))
+    batch.add_event("id", 1, b"{}", asof_us=1)
     assert repr(batch) == "WindowBatch(events=1, ops=0, specs=0)"
 
 
 async def _state_keys(redis: aioredis.Redis, prefix: str) -> list[str]:
     kinds = ("bucket", "held-expect", "unresolved", "composite")
     found = [k.decode() async for k in redis.scan_iter(match=f"{prefix}:*")]
-    return sorted(k for k in found if k.split(":")[1] in kinds)
+    return sorted(k for k in found if k.split(":")[2] in kinds)  # <prefix>:{<tag>}:<kind>:...
 
 
 async def test_reactive_buckets_are_swept(h: Harness, clock: Clock) -> None:
@@ -44,11 +44,11 @@ async def test_reactive_buckets_are_swept(h: Harness, clock: Clock) -> None:
     }))
     await h.send(*[event(FAILED, i, f"run-{i}") for i in range(100)])
     assert len(await _state_keys(h.redis, h.keys.prefix)) == 100
-    assert await h.redis.zcard(h.keys.deadlines) == 100
+    assert await h.redis.zcard(h.keys.partition(0).deadlines) == 100
     clock.advance(100 + 30 + 60)
     await h.tick()
     assert await _state_keys(h.redis, h.keys.prefix) == []
-    assert await h.redis.zcard(h.keys.deadlines) == 0
+    assert await h.redis.zcard(h.keys.partition(0).deadlines) == 0
 
 
 async def test_upsert_with_changed_trigger_resets_state(h: Harness) -> None:
@@ -71,7 +71,7 @@ async def test_removed_automation_stops_and_timer_forgets_it(
     await h.load(a)
     await h.send(event("x", 0))
     await h.engine.remove(a.id)
-    assert await h.redis.hlen(h.keys.trigger_specs) == 0
+    assert await h.redis.hlen(h.keys.partition(0).trigger_specs) == 0
     assert await h.send(event(FAILED, 1)) == []
     clock.advance(20)
     assert await h.tick() == []
@@ -81,8 +81,8 @@ async def test_removed_automation_stops_and_timer_forgets_it(
 async def test_specs_published_for_the_timer(h: Harness) -> None:
     a = automation({"posture": "Proactive", "expect": [FAILED], "within": 10})
     await h.load(a)
-    assert await h.redis.hexists(h.keys.trigger_specs, str(a.trigger.id))
-    assert await h.redis.hexists(h.keys.proactive_globals, str(a.trigger.id))
+    assert await h.redis.hexists(h.keys.partition(0).trigger_specs, str(a.trigger.id))
+    assert await h.redis.hexists(h.keys.partition(0).proactive_globals, str(a.trigger.id))
 
 
 async def test_held_expect_events_expire(h: Harness) -> None:
@@ -99,8 +99,9 @@ async def test_load_withdraws_specs_of_automations_no_longer_loaded(h: Harness) 
     kept = automation({"posture": "Proactive", "expect": [FAILED], "within": 10}, name="kept")
     await h.load(gone, kept)
     await h.load(kept)  # e.g. a resync after `gone` was deleted while no engine ran
-    assert await h.redis.hkeys(h.keys.trigger_specs) == [str(kept.trigger.id).encode()]
-    assert await h.redis.hkeys(h.keys.proactive_globals) == [str(kept.trigger.id).encode()]
+    part = h.keys.partition(0)
+    assert await h.redis.hkeys(part.trigger_specs) == [str(kept.trigger.id).encode()]
+    assert await h.redis.hkeys(part.proactive_globals) == [str(kept.trigger.id).encode()]
 
 
 async def test_bucket_snapshot(h: Harness) -> None:
@@ -108,7 +109,7 @@ async def test_bucket_snapshot(h: Harness) -> None:
                     "for_each": ["prefect.resource.id"]})
     await h.load(a)
     await h.send(event(FAILED, 0, "run-1"), event(FAILED, 1, "run-1"))
-    key = h.keys.bucket(str(a.id), str(a.trigger.id), '["run-1"]')
+    key = h.keys.partition(0).bucket(str(a.id), str(a.trigger.id), '["run-1"]')
     bucket = await h.engine.window.bucket(key)
     assert bucket is not None and bucket.count == 2
     assert bucket.labels == {"prefect.resource.id": "run-1"}
