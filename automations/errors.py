@@ -47,3 +47,8 @@ class BusOverloaded(AutomationsError):
 
 class NotFound(AutomationsError, LookupError):
     """A named object (automation, deployment, block) does not exist."""
+
+
+class LayoutMismatch(AutomationsError):
+    """The running settings disagree with the key layout fixed when the installation was
+    first started (its partition count)."""

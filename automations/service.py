@@ -31,12 +31,14 @@ from automations.connection import (
 from automations.console.app import console_server
 from automations.console.security import InsecureBind
 from automations.dispatch.dispatcher import Dispatcher
+from automations.dispatch.ledger import DEAD_ACTIONS
 from automations.dispatch.ports import Ports
 from automations.engine.engine import Engine
 from automations.engine.timer import ProactiveTimer
 from automations.errors import AutomationsError, BusUnavailable
 from automations.health import observability
 from automations.keys import Keys
+from automations.layout import ensure_layout
 from automations.prefect.backend import PrefectDeployments, PrefectFlowRuns
 from automations.prefect.bridge import run_bridge
 from automations.prefect.client import client_for
@@ -126,8 +128,8 @@ async def _run_service(name: str, fn: ServiceFn, ctx: ServiceContext) -> None:
 def watched_streams(keys: Keys) -> tuple[list[str], list[str]]:
     """The streams whose consumer groups, and the dead-letter streams whose lengths,
     ``/metrics`` reports."""
-    streams = [keys.events, keys.firings, keys.runs]
-    return streams, [keys.dead(s) for s in streams]
+    streams = [keys.events, *keys.outboxes, keys.runs]
+    return streams, [keys.dead(s) for s in streams] + [keys.dead(DEAD_ACTIONS)]
 
 
 async def run_observed(settings: Settings, component: str,
@@ -197,8 +199,9 @@ async def _watch_signals(
 async def wait_for_redis(
     client: aioredis.Redis, url: str, settings: Settings, stopping: anyio.Event
 ) -> bool:
-    """Ping with capped backoff until Redis answers (logged once), then check its version.
-    False when asked to stop first; ``BusUnavailable`` after ``startup_timeout_s`` (exit 4)."""
+    """Ping with capped backoff until Redis answers (logged once), then check its version and
+    the key layout (``automations.layout``: ``LayoutMismatch``, exit 2). False when asked to
+    stop first; ``BusUnavailable`` after ``startup_timeout_s`` (exit 4)."""
     backoff = Backoff(f"waiting for Redis at {url}", first_s=0.1, cap_s=settings.reconnect_max_s,
                       logger=log)
     last: BaseException | None = None
@@ -206,6 +209,7 @@ async def wait_for_redis(
         while not stopping.is_set():
             try:
                 await require_redis_version(client)
+                await ensure_layout(client, Keys.from_settings(settings))
                 backoff.recovered()
                 return True
             except CONNECTION_ERRORS as exc:

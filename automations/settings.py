@@ -243,8 +243,9 @@ class Settings(BaseSettings):
 
     @property
     def redis_configured(self) -> bool:
-        """A Redis was named (URL or sentinels): never probe or start an embedded one."""
-        return bool(self.redis_url or self.redis_sentinels)
+        """A Redis was named (URL or sentinels) or a cluster asked for: never probe or start
+        an embedded one."""
+        return bool(self.redis_url or self.redis_sentinels or self.redis_cluster)
 
     @field_validator("redis_sentinels")
     @classmethod

@@ -5,11 +5,16 @@ Layout (``automations.keys``): ``<p>:automations`` id -> automation JSON,
 change (``kind`` upsert|delete, ``id``, ``trigger_changed`` 0|1, ``data`` the automation JSON
 for upserts, ``name``). Every engine process tails the log (``automations.reload``).
 
-``apply`` upserts by name and is atomic: it plans against a WATCHed snapshot and writes
-everything (hash, index, log entries) in one MULTI/EXEC, retried if another writer got in
-between, so a failure or a refusal stores nothing. An update keeps the automation's id; when
-its trigger is unchanged (compared as JSON without trigger ids) the stored trigger ids are kept
-too, so the engine keeps its window state; a changed trigger resets it (``trigger_changed``).
+``apply`` upserts by name and is atomic: it plans against what it read and writes everything
+(hash, index, log entries) in one script that first checks the change log's last entry is still
+the one read before the plan (every write appends to the log, so any writer in between moved
+it): if not, nothing is written and the plan is made again; a failure or a refusal stores
+nothing. Scripts rather than WATCH/MULTI, because redis-py's cluster transactions fail while
+their slot migrates, where a script is redirected and retried.
+
+An update keeps the automation's id; when its trigger is unchanged (compared as JSON without
+trigger ids) the stored trigger ids are kept too, so the engine keeps its window state; a
+changed trigger resets it (``trigger_changed``).
 
 A stored automation whose JSON no longer validates (written by another version, or by hand) is
 not a missing one: ``get`` raises ``InvalidStoredAutomation`` for it, while listings skip it.
@@ -25,7 +30,6 @@ from uuid import UUID
 
 import redis.asyncio as aioredis
 from pydantic import ValidationError
-from redis.exceptions import WatchError
 
 from actions.templating import TemplateEngine
 from automations.errors import AutomationsError, InvalidAutomation, InvalidAutomations, NotFound
@@ -116,19 +120,52 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# KEYS: automations hash, change log. Returns the hash (flat) and the log's last entry id.
+SNAPSHOT_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+return {redis.call('HGETALL', KEYS[1]), last[1] and last[1][1] or '0-0'}
+"""
+
+# KEYS: automations hash, names hash, change log, last-fired hash. ARGV: the log's last entry
+# id the changes were planned against ('0-0': empty), log MAXLEN, then per change
+# 'U', id, name, trigger_changed, JSON (upsert) or 'D', id, name (delete). Returns 0 (the log
+# moved on meanwhile: nothing written) or 1.
+WRITE_SCRIPT = """
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if (last[1] and last[1][1] or '0-0') ~= ARGV[1] then return 0 end
+local i = 3
+while i <= #ARGV do
+  local id, name = ARGV[i + 1], ARGV[i + 2]
+  if ARGV[i] == 'U' then
+    redis.call('HSET', KEYS[1], id, ARGV[i + 4])
+    redis.call('HSET', KEYS[2], name, id)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'upsert', 'id', id,
+               'name', name, 'trigger_changed', ARGV[i + 3], 'data', ARGV[i + 4])
+    i = i + 5
+  else
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], name)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'delete', 'id', id,
+               'name', name, 'trigger_changed', '1', 'data', '')
+    i = i + 3
+  end
+end
+return 1
+"""
+
+
 class AutomationStore:
     """Automations in Redis; see the module docstring for the layout and guarantees."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
+        self._write_script = redis.register_script(WRITE_SCRIPT)
 
     def __repr__(self) -> str:
         return f"AutomationStore(prefix={self._keys.prefix!r})"
-
-    def _pipeline(self) -> Any:
-        """A MULTI/EXEC pipeline (typed ``Any``: redis-py's pipeline stubs are partial)."""
-        return self._redis.pipeline(transaction=True)
 
     # -- reading -----------------------------------------------------------------------
     async def all(self) -> list[Automation]:
@@ -138,11 +175,9 @@ class AutomationStore:
 
     async def snapshot(self) -> tuple[list[Automation], str]:
         """Every automation and the log position they reflect, read atomically."""
-        async with self._pipeline() as pipe:
-            pipe.hgetall(self._keys.automations)
-            pipe.xrevrange(self._keys.automations_log, count=1)
-            raw, last = await pipe.execute()
-        return self._parse_all(raw), _text(last[0][0]) if last else "0-0"
+        flat, last = await self._snapshot(
+            keys=[self._keys.automations, self._keys.automations_log])
+        return self._parse_all(dict(zip(flat[::2], flat[1::2], strict=True))), _text(last)
 
     async def get(self, automation_id: UUID | str) -> Automation | None:
         """The automation, or None when none is stored under that id; raises
@@ -196,22 +231,14 @@ class AutomationStore:
         _check_unique(automations)
         keys = self._keys
         for _ in range(APPLY_ATTEMPTS):
-            async with self._pipeline() as pipe:
-                await pipe.watch(keys.automations, keys.automation_names)
-                names = await pipe.hgetall(keys.automation_names)
-                stored = await pipe.hgetall(keys.automations)
-                plan = self._plan(automations, _decode(names), _decode(stored), prune=prune)
-                plan.result.dry_run = dry_run
-                if dry_run or not (plan.upserts or plan.deletes):
-                    await pipe.reset()
-                    return plan.result
-                pipe.multi()
-                self._queue_upserts(pipe, plan.upserts)
-                self._queue_deletes(pipe, plan.deletes)
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
+            head = await self.last_log_id()
+            names: Any = await self._redis.hgetall(keys.automation_names)
+            stored: Any = await self._redis.hgetall(keys.automations)
+            plan = self._plan(automations, _decode(names), _decode(stored), prune=prune)
+            plan.result.dry_run = dry_run
+            if dry_run or not (plan.upserts or plan.deletes):
+                return plan.result
+            if await self._write(head, plan.upserts, plan.deletes):
                 return plan.result
         raise AutomationsError("the store kept changing during apply; try again")
 
@@ -220,37 +247,24 @@ class AutomationStore:
         loop guard again (a paused automation is not checked)."""
         key = str(automation_id)
         for _ in range(APPLY_ATTEMPTS):
-            async with self._pipeline() as pipe:
-                await pipe.watch(self._keys.automations)
-                raw = await pipe.hget(self._keys.automations, key)
-                if raw is None:
-                    raise NotFound(f"no automation with id {key}")
-                current = parse_stored(raw, key)
-                if current.enabled == enabled:
-                    await pipe.reset()
-                    return current
-                updated = _revalidate(current, enabled=enabled)
-                pipe.multi()
-                self._queue_upserts(pipe, [(updated, False, None)])
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
+            head = await self.last_log_id()
+            raw: Any = await self._redis.hget(self._keys.automations, key)
+            if raw is None:
+                raise NotFound(f"no automation with id {key}")
+            current = parse_stored(raw, key)
+            if current.enabled == enabled:
+                return current
+            updated = _revalidate(current, enabled=enabled)
+            if await self._write(head, [(updated, False, None)], []):
                 return updated
         raise AutomationsError("the store kept changing; try again")
 
     async def delete(self, name_or_id: str) -> Automation:
         """Delete by name (or id); returns what was deleted (``NotFound`` if nothing)."""
         for _ in range(APPLY_ATTEMPTS):
-            async with self._pipeline() as pipe:
-                await pipe.watch(self._keys.automations, self._keys.automation_names)
-                target = await self.find(name_or_id)
-                pipe.multi()
-                self._queue_deletes(pipe, [(str(target.id), target.name)])
-                try:
-                    await pipe.execute()
-                except WatchError:
-                    continue
+            head = await self.last_log_id()
+            target = await self.find(name_or_id)
+            if await self._write(head, [], [(str(target.id), target.name)]):
                 return target
         raise AutomationsError("the store kept changing; try again")
 
@@ -365,30 +379,21 @@ class AutomationStore:
         if not same_trigger:
             result.trigger_reset.append(name)
 
-    def _queue_upserts(
-        self, pipe: Any, upserts: Iterable[tuple[Automation, bool, str | None]]
-    ) -> None:
-        keys = self._keys
+    async def _write(self, head: str, upserts: Iterable[tuple[Automation, bool, str | None]],
+                     deletes: Iterable[tuple[str, str]]) -> bool:
+        """The changes in one script, only if the log's last entry is still ``head`` (False:
+        another writer got in between, nothing written)."""
+        args: list[Any] = [head, LOG_MAXLEN]
         for automation, trigger_changed, _ in upserts:
-            data = automation.model_dump_json()
-            automation_id = str(automation.id)
-            pipe.hset(keys.automations, automation_id, data)
-            pipe.hset(keys.automation_names, automation.name, automation_id)
-            pipe.xadd(keys.automations_log, {
-                "kind": UPSERT, "id": automation_id, "name": automation.name,
-                "trigger_changed": "1" if trigger_changed else "0", "data": data,
-            }, maxlen=LOG_MAXLEN, approximate=True)
-
-    def _queue_deletes(self, pipe: Any, deletes: Iterable[tuple[str, str]]) -> None:
-        keys = self._keys
+            args += ["U", str(automation.id), automation.name, "1" if trigger_changed else "0",
+                     automation.model_dump_json()]
         for automation_id, name in deletes:
-            pipe.hdel(keys.automations, automation_id)
-            pipe.hdel(keys.automation_names, name)
-            pipe.hdel(keys.last_fired, automation_id)
-            pipe.xadd(keys.automations_log, {
-                "kind": DELETE, "id": automation_id, "name": name,
-                "trigger_changed": "1", "data": "",
-            }, maxlen=LOG_MAXLEN, approximate=True)
+            args += ["D", automation_id, name]
+        keys = self._keys
+        written = await self._write_script(
+            keys=[keys.automations, keys.automation_names, keys.automations_log,
+                  keys.last_fired], args=args)
+        return bool(int(written))
 
     def _parse_all(self, raw: Mapping[bytes, bytes]) -> list[Automation]:
         parsed = (self._parse(data, _text(key)) for key, data in raw.items())

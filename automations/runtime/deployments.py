@@ -158,12 +158,39 @@ class Deployment(BaseModel):
         return self.model_dump(mode="json")
 
 
+# KEYS: the hashes written. ARGV: per change 'S', key index, field, value (HSET) or 'D', key
+# index, field, '' (HDEL). Every change together: a script, not MULTI, since redis-py's cluster
+# transactions fail while their slot migrates, where a script is redirected and retried.
+HASH_WRITES = """
+for i = 1, #ARGV, 4 do
+  local key = KEYS[tonumber(ARGV[i + 1])]
+  if ARGV[i] == 'S' then
+    redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
+  else
+    redis.call('HDEL', key, ARGV[i + 2])
+  end
+end
+return 1
+"""
+
+
 class DeploymentStore:
-    """Hash ``deployments`` id -> JSON and ``deployment_names`` name -> id."""
+    """Hash ``deployments`` id -> JSON and ``deployment_names`` name -> id (with the schedule
+    cursors, written together in one script)."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
+        self._hashes = [keys.deployments, keys.deployment_names, keys.schedule_cursors]
+        self._write = redis.register_script(HASH_WRITES)
+
+    async def _hash_writes(self, changes: list[tuple[str, str, str, str]]) -> None:
+        """``(op, hash key, field, value)`` changes, all or none: ``S`` sets, ``D`` deletes."""
+        args: list[str] = []
+        for op, key, name, value in changes:
+            args += [op, str(self._hashes.index(key) + 1), name, value]
+        if args:
+            await self._write(keys=self._hashes, args=args)
 
     async def all(self) -> list[Deployment]:
         raw = await self.redis.hvals(self.keys.deployments)
@@ -192,7 +219,7 @@ class DeploymentStore:
     async def apply(self, deployments: list[Deployment]) -> list[tuple[str, Deployment]]:
         """Upsert by name: an existing deployment keeps its id, created time and paused flag."""
         out: list[tuple[str, Deployment]] = []
-        pipe = self.redis.pipeline(transaction=True)
+        changes: list[tuple[str, str, str, str]] = []
         for dep in deployments:
             old = await self.by_name(dep.name)
             if old is not None:
@@ -201,10 +228,10 @@ class DeploymentStore:
                 kind = "unchanged" if _same(old, dep) else "updated"
             else:
                 kind = "created"
-            pipe.hset(self.keys.deployments, str(dep.id), dep.model_dump_json())
-            pipe.hset(self.keys.deployment_names, dep.name, str(dep.id))
+            changes += [("S", self.keys.deployments, str(dep.id), dep.model_dump_json()),
+                        ("S", self.keys.deployment_names, dep.name, str(dep.id))]
             out.append((kind, dep))
-        await pipe.execute()
+        await self._hash_writes(changes)
         return out
 
     async def set_paused(self, deployment_id: UUID | str, paused: bool) -> Deployment:
@@ -213,21 +240,18 @@ class DeploymentStore:
         if dep is None:
             raise NotFound(f"no deployment with id {deployment_id}")
         dep = dep.model_copy(update={"paused": paused, "updated": utcnow()})
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.deployments, str(dep.id), dep.model_dump_json())
+        changes = [("S", self.keys.deployments, str(dep.id), dep.model_dump_json())]
         if not paused:
             now = utcnow().timestamp()
-            for schedule in dep.schedules:
-                pipe.hset(self.keys.schedule_cursors, f"{dep.id}:{schedule.id}", repr(now))
-        await pipe.execute()
+            changes += [("S", self.keys.schedule_cursors, f"{dep.id}:{schedule.id}", repr(now))
+                        for schedule in dep.schedules]
+        await self._hash_writes(changes)
         return dep
 
     async def delete(self, name_or_id: str) -> Deployment:
         dep = await self.resolve(name_or_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(self.keys.deployments, str(dep.id))
-        pipe.hdel(self.keys.deployment_names, dep.name)
-        await pipe.execute()
+        await self._hash_writes([("D", self.keys.deployments, str(dep.id), ""),
+                                 ("D", self.keys.deployment_names, dep.name, "")])
         return dep
 
 

@@ -178,6 +178,7 @@ class Worker:
                                 if isinstance(extra, dict) else {}),
                RUN_ENV: run.model_dump_json(), FD_ENV: str(write_fd),
                "AUTOMATIONS_REDIS_URL": redis_url(self.settings),
+               "AUTOMATIONS_REDIS_CLUSTER": str(self.settings.redis_cluster).lower(),
                "AUTOMATIONS_PREFIX": self.settings.prefix}
         cwd = run.working_dir if run.working_dir and os.path.isdir(run.working_dir) else None
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import redis
@@ -86,6 +86,9 @@ def _unavailable(url: str, exc: BaseException) -> BusUnavailable:
 
 def client_url(client: aioredis.Redis | redis.Redis) -> str:
     """Where a client points (no password), for error messages."""
+    if not hasattr(client, "connection_pool"):  # a cluster client: the node it asks first
+        node = cast(Any, client).get_default_node()
+        return f"redis://{node.host}:{node.port}/0" if node is not None else "Redis Cluster"
     kwargs = client.connection_pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
@@ -178,7 +181,10 @@ def emit_many(events: Iterable[EventLike], *, settings: Settings | None = None) 
     encoded = _encode(built)
     stream = Keys.from_settings(settings).events
     url = redis_url(settings)
-    client = connect_sync(settings)
+    try:
+        client = connect_sync(settings)  # a cluster client asks the cluster here already
+    except CONNECTION_ERRORS as exc:
+        raise _unavailable(url, exc) from exc
     try:
         length = 0
         for start in range(0, len(encoded), CHUNK):
