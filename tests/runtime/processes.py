@@ -26,7 +26,10 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AUTOMATIONS_SHUTDOWN_TIMEOUT_S": "3",
         "AUTOMATIONS_WORKER_CANCEL_GRACE_S": "1",
         "AUTOMATIONS_ACTION_RETRY_BASE_S": "0.1",
+        "AUTOMATIONS_PARTITIONS": str(settings.partitions),
     })
+    if settings.redis_cluster:
+        env["AUTOMATIONS_REDIS_CLUSTER"] = "true"
     env.update(extra)
     return env
 
