@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     partitions: int = Field(
         1, ge=1, le=1024,
         description="Partitions of the window state, dedupe markers, deadlines and outbox, "
-        "set at install time (every process of an installation must agree; the first engine "
-        "records it). Each is one Redis Cluster slot: use at least the number of masters.",
+        "set at install time (every process of an installation must agree; the first `serve` or "
+        "`worker` records it). Each is one Redis Cluster slot: use at least the number of masters.",
     )
     redis_cluster: bool = Field(
         False,
