@@ -9,6 +9,7 @@ path from ``serve`` to a consume loop is three calls: ``serve`` -> ``run_engine`
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -79,10 +80,19 @@ async def run_engine(ctx: ServiceContext) -> None:
         loading.cancel_scope.cancel()
     if position is None:
         return
+    settle_loaded_objects()
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(follow, store, engine, ctx.stopping, after=position))
         await engine.run(ctx.stopping)
         tg.cancel_scope.cancel()
+
+
+def settle_loaded_objects() -> None:
+    """Move what exists now (the loaded automations, their compiled triggers and plans) out of
+    the garbage collector's sight: its full collections walked them all, 15-20% of the
+    engine's time at 1,000 automations (``gc.freeze``; nothing frozen is ever freed)."""
+    gc.collect()
+    gc.freeze()
 
 
 async def run_timer(ctx: ServiceContext) -> None:

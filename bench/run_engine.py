@@ -14,6 +14,7 @@ from automations.connection import connect
 from automations.engine.engine import Engine
 from automations.keys import Keys
 from automations.models import Automation
+from automations.service import settle_loaded_objects
 from bench.procs import (
     child_arguments,
     child_settings,
@@ -35,6 +36,7 @@ async def main() -> None:
     started = time.perf_counter()
     engine = Engine(redis, settings, keys=keys)
     await engine.load(automations)
+    settle_loaded_objects()
     say(ready=True, load_seconds=round(time.perf_counter() - started, 3),
         rss_before_load=rss_before, rss=own_rss(), automations=len(automations))
     await wait_for_go()
