@@ -5,7 +5,7 @@ The pydantic ``Event`` is built only for events some trigger may care about (the
 in the index); others get a light check of the fields ordering and dedupe need (id,
 occurred, event, resource id, follows). Anything invalid becomes a ``Reject`` (dead-lettered
 with the reason). A batch's repeats of an id are dropped here; the authoritative dedupe is
-the window script's (``keys.seen``).
+in Redis, in the engine's scripts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -21,6 +21,7 @@ import orjson
 
 from automations.errors import EventTooLarge, InvalidEvent
 from automations.events import (
+    EPOCH,
     MAX_EVENT_BYTES,
     MAX_EVENT_DEPTH,
     RESOURCE_ID,
@@ -37,6 +38,10 @@ SKIPPED_EVENTS = frozenset({"prefect.log.write"})
 DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous script call runs)
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_canonical = CANONICAL_UUID.fullmatch
+ONE_US = timedelta(microseconds=1)
+_NONE: dict[str, Any] = {}  # defaults of the light check (never changed)
+_NO_RELATED: list[Any] = []
 
 
 class NameIndex(Protocol):
@@ -62,42 +67,45 @@ class Incoming:
         return f"Incoming({self.name} id={self.id} follows={self.follows})"
 
 
-def _time(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError("not a string")
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+def _micros(value: Any) -> int:
+    """``occurred`` in engine microseconds (``events.micros``, exact), a naive time read as
+    UTC. One timedelta division instead of the model's datetime validation."""
+    moment = datetime.fromisoformat(value)  # TypeError when not a string
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // ONE_US
 
 
 def _uuid(value: Any) -> str:
     """The canonical text of a UUID (a regex check is cheaper than ``UUID()`` for the usual
     lowercase form)."""
-    if isinstance(value, str) and CANONICAL_UUID.fullmatch(value):
+    if isinstance(value, str) and _canonical(value):
         return value
     return str(UUID(value))
 
 
-def _light(data: dict[str, Any], raw: bytes) -> Incoming:
-    """The fields ordering and dedupe need, without building the model."""
-    name = data["event"]
+def _light(data: dict[str, Any], name: str, raw: bytes) -> Incoming:
+    """The fields ordering and dedupe need, without building the model (``decode_event``
+    falls back to the model on any error, for its precise message)."""
     resource = data["resource"]
-    if not isinstance(name, str) or not name or not isinstance(resource, dict):
+    if not name or not isinstance(resource, dict):
         raise ValueError("bad event or resource")
-    if not isinstance(resource.get(RESOURCE_ID), str) or not resource[RESOURCE_ID]:
+    resource_id = resource.get(RESOURCE_ID)
+    if not resource_id or not isinstance(resource_id, str):
         raise ValueError("bad resource id")
-    if not isinstance(data.get("payload", {}), dict):
-        raise ValueError("bad payload")  # the model says why
-    if not isinstance(data.get("related", []), list):
+    if not isinstance(data.get("payload", _NONE), dict):
+        raise ValueError("bad payload")
+    if not isinstance(data.get("related", _NO_RELATED), list):
         raise ValueError("bad related")
     follows = data.get("follows")
-    return Incoming(
-        id=_uuid(data["id"]), name=name, occurred_us=micros(_time(data["occurred"])),
-        follows=_uuid(follows) if follows else None, raw=raw, event=None,
-    )
+    return Incoming(_uuid(data["id"]), name, _micros(data["occurred"]),
+                    _uuid(follows) if follows else None, raw, None)
 
 
-def decode_event(raw: bytes, index: NameIndex) -> Incoming:
-    """Decode one payload; raise ``InvalidEvent`` with the precise reason."""
+def _parse(raw: bytes) -> dict[str, Any]:
+    """``raw`` as a JSON object within the size and depth limits (``InvalidEvent`` says why
+    not). The depth limit holds for every event, watched or not: counting brackets bounds the
+    depth, so the usual event is not walked."""
     if len(raw) > MAX_EVENT_BYTES:  # a raw XADD bypasses the publishers' size check
         raise EventTooLarge(f"event is {len(raw)} bytes; at most {MAX_EVENT_BYTES} are allowed")
     try:
@@ -108,25 +116,33 @@ def decode_event(raw: bytes, index: NameIndex) -> Incoming:
         raise InvalidEvent(f"not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidEvent("an event must be a JSON object")
-    # The depth limit holds for every event, watched or not (counting brackets bounds the
-    # depth, so the usual event is not walked).
     if (raw.count(b"{") + raw.count(b"[") > MAX_EVENT_DEPTH
             and nesting(data, MAX_EVENT_DEPTH) > MAX_EVENT_DEPTH):
         raise InvalidEvent(TOO_DEEP)
+    return data
+
+
+def _model(data: dict[str, Any], raw: bytes) -> Incoming:
     for required in ("id", "occurred"):
         if required not in data:
             raise InvalidEvent(f"{required}: required on the stream (emit() sets it)")
-    name = data.get("event")
-    if isinstance(name, str) and name not in SKIPPED_EVENTS and not index.candidates(name):
-        try:
-            return _light(data, raw)
-        except (KeyError, ValueError, TypeError, AttributeError):
-            pass  # the model gives the precise message (or accepts an unusual valid form)
     event = Event.parse(data)
     return Incoming(
         id=str(event.id), name=event.event, occurred_us=micros(event.occurred),
         follows=str(event.follows) if event.follows else None, raw=raw, event=event,
     )
+
+
+def decode_event(raw: bytes, index: NameIndex) -> Incoming:
+    """Decode one payload; raise ``InvalidEvent`` with the precise reason."""
+    data = _parse(raw)
+    name = data.get("event")
+    if isinstance(name, str) and name not in SKIPPED_EVENTS and not index.candidates(name):
+        try:
+            return _light(data, name, raw)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            pass  # the model gives the precise message (or accepts an unusual valid form)
+    return _model(data, raw)
 
 
 class Intake:
@@ -164,7 +180,8 @@ class Intake:
             if item.occurred_us > horizon:
                 rejects.append(Reject(entry, self._too_far_ahead(item, now)))
                 continue
-            item.waits = waits(entry.id, now)
+            # Only a follower may be held; the others need not ask (it costs ~0.5 us).
+            item.waits = bool(item.follows) and waits(entry.id, now)
             incoming.append(item)
         return incoming, rejects
 

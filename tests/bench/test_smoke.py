@@ -100,6 +100,10 @@ async def test_throughput(bench: Bench) -> None:
     assert all(r["events"] == 2000 and positive(r["events_per_second"]) for r in measured)
     assert measured[1]["firings"] > 0
     assert positive(measured[1]["ratio_to_ceiling"])
+    assert all(positive(r["redis_us_per_event"]) and positive(r["redis_cpu_us_per_event"])
+               and positive(r["engine_cpu_us_per_event"]) for r in measured)
+    (cost,) = [r for r in rows if str(r.get("case", "")).startswith("Redis us per event")]
+    assert cost["automations"] == 200 and cost["target_met"] is None  # judged at 1,000 only
     assert positive(rows[-1]["ratio"])
 
 
@@ -122,11 +126,22 @@ async def test_proactive(bench: Bench) -> None:
 async def test_scaleout(bench: Bench) -> None:
     rows = await scaleout.run(bench)
     check_rows(rows, "scaleout")
-    one, two, summary = rows
+    one, two, summary, *clusters, ratio = rows
     assert one["processes"] == 1 and two["processes"] == 2
     assert one["events"] == two["events"] == 1500
     assert one["firings"] > 0 and two["firings"] > 0
     assert isinstance(summary["same_firings"], bool)  # a target: reported, not asserted
+    cases = [r for r in clusters if "node" not in r]
+    nodes = [r for r in clusters if "node" in r]
+    assert [(c["masters"], c["partitions"], c["processes"]) for c in cases] == [(1, 1, 1),
+                                                                                (2, 2, 2)]
+    assert all(c["events"] == 1500 and c["firings"] > 0 for c in cases)
+    assert all(isinstance(c["same_firings"], bool) for c in cases)
+    assert [n["holds"] for n in nodes if n["masters"] == 1] == ["{g} p0"]
+    assert sorted(n["holds"] for n in nodes if n["masters"] == 2) == ["p1", "{g} p0"]
+    assert all(positive(n["redis_cpu_us_per_event"]) and positive(n["redis_us_per_event"])
+               for n in nodes)
+    assert "global_slot_cpu_us_per_event" in cases[-1] and positive(ratio["ratio"])
 
 
 async def test_memory(bench: Bench) -> None:
@@ -211,3 +226,15 @@ async def test_realistic_quick_drains_flow_runs_and_fires(bench: Bench) -> None:
     assert all(r["firings"] > 0 and positive(r["redis_cpu_us_per_event"]) for r in measured[1::2])
     assert measured[1]["firings"] == measured[3]["firings"]  # the log changes no decision
     assert all(positive(r["ratio"]) for r in rows if "ratio" in r)
+
+
+async def test_light_quick_compares_the_engine_with_the_bare_consumer(bench: Bench) -> None:
+    from bench.scenarios import light
+
+    rows = await light.run(bench)
+    check_rows(rows, "light")
+    bare, *engines = rows
+    assert bare["case"] == "bare consumer (orjson-decode)" and positive(bare["us_per_event"])
+    assert [r["automations"] for r in engines] == [10, 200]
+    assert all(r["events"] == 5_000 and positive(r["ratio_to_bare"]) for r in engines)
+    assert all(isinstance(r["target_met"], bool) for r in engines)  # reported, not asserted
