@@ -36,7 +36,7 @@ from automations.backoff import Backoff
 from automations.connection import CONNECTION_ERRORS
 from automations.engine.decisions import DecisionLog
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
-from automations.engine.ordering import Ordered, Ordering, OrderResult
+from automations.engine.ordering import Ordered, Ordering, OrderReply, OrderResult
 from automations.engine.outbox import Announcer, automation_resource
 from automations.engine.plan import Planner, Step
 from automations.engine.specs import WindowSpec, window_specs
@@ -242,12 +242,14 @@ class Engine:
         if self._decisions is not None:
             self._decisions.begin(entries)
         if items:
-            ordering = asyncio.ensure_future(self.ordering.order(items, now, self._planner))
+            ordering = asyncio.ensure_future(self.ordering.order(items, now))
             try:
                 await asyncio.sleep(0)  # the order call goes out; the batch is matched meanwhile
                 matched = await self._match_all(items, ordering)
             finally:
-                order = await ordering
+                reply = await ordering
+            order = self.ordering.resolve(reply, items, now, self._planner, matched,
+                                          first=bool(self._global_partitions))
             recording = self._decisions.write(self._decisions) if self._decisions else None
             await self._apply(order, matched, now)
             if recording is not None:
@@ -260,7 +262,7 @@ class Engine:
         self.metrics.events_handled(len(entries), len(items), len(source.rejects))
         return source.rejects
 
-    async def _match_all(self, items: list[Incoming], pending: asyncio.Future[OrderResult]
+    async def _match_all(self, items: list[Incoming], pending: asyncio.Future[OrderReply]
                          ) -> dict[int, Matched]:
         """Every watched event's operations, by batch index (yielding to the event loop now and
         then while the order call is in flight)."""

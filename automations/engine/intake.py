@@ -62,6 +62,7 @@ class Incoming:
     raw: bytes
     event: Event | None  # built only when a trigger may be interested
     waits: bool = True  # may be held for its leader
+    entry: str = ""  # its events-stream entry id, kept for a follower that may wait
 
     def __repr__(self) -> str:
         return f"Incoming({self.name} id={self.id} follows={self.follows})"
@@ -182,6 +183,8 @@ class Intake:
                 continue
             # Only a follower may be held; the others need not ask (it costs ~0.5 us).
             item.waits = bool(item.follows) and waits(entry.id, now)
+            if item.waits:
+                item.entry = entry.id
             incoming.append(item)
         return incoming, rejects
 

@@ -20,6 +20,7 @@ leader arrived longer ago than that waits for the bounded-wait release.
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +79,7 @@ class Ordering:
             "fttl": max(1000, round(settings.follows_wait_s * 2000)),
             "ap": keys.arrived(0)[:-1], "fp": keys.followers(""),
             "held": keys.held_events, "wl": keys.waitlist, "ck": keys.events_clock,
+            "es": keys.events,
         }
 
     def __repr__(self) -> str:
@@ -91,33 +93,32 @@ class Ordering:
         added_ms = int(entry_id.split("-", 1)[0])
         return micros(now) - added_ms * 1000 < self.wait_us
 
-    async def order(self, items: list[Incoming], now: datetime, index: NameIndex) -> OrderResult:
-        """The batch's evaluation order (one script call)."""
+    async def order(self, items: list[Incoming], now: datetime) -> OrderReply:
+        """The batch's evaluation order (one script call): ``resolve`` it into events once
+        the batch is matched."""
         flat: list[str | int] = []
         followers: list[str | int] = []
-        raws: list[bytes] = []
         declared = self._declared(now)
         for number, item in enumerate(items, 1):
             flags = 0 if item.name in SKIPPED_EVENTS else COUNTS
-            if item.follows and item.waits and item.follows != item.id:
-                flags |= FOLLOWER
-                raws.append(item.raw)
-                followers += (number, item.follows, 3 + len(raws))
+            if item.follows and item.waits and item.entry and item.follows != item.id:
+                flags |= FOLLOWER  # held, the script copies its raw JSON from the stream
+                followers += (number, item.follows, item.entry)
                 if self.declare_keys:
                     declared.append(self.keys.followers(item.follows))
             flat += (item.id, item.occurred_us, flags)
             if self.declare_keys:
                 declared.append(self.keys.followers(item.id))
         reply = await self._script(keys=declared, args=[
-            self._header(now, mode="batch"), orjson.dumps(flat), orjson.dumps(followers), *raws])
-        return self._result(reply, items, now, index)
+            self._header(now, mode="batch"), orjson.dumps(flat), orjson.dumps(followers)])
+        return OrderReply.parse(reply)
 
     async def lost(self, now: datetime, index: NameIndex) -> OrderResult:
         """Followers held for ``follows_wait_s`` or longer, oldest ``occurred`` first (with
         the followers they release)."""
         reply = await self._script(keys=self._declared(now), args=[self._header(
             now, mode="lost", cutoff=micros(now) - self.wait_us, limit=self.batch_size)])
-        return self._result(reply, [], now, index)
+        return self.resolve(OrderReply.parse(reply), [], now, index)
 
     async def forget(self, released: list[tuple[str, str]]) -> None:
         """The released followers were applied: they are held no more."""
@@ -149,37 +150,30 @@ class Ordering:
             keys += [self.keys.arrived(current - n) for n in range(SLICES)]
         return keys
 
-    def _result(self, reply: list[Any], items: list[Incoming], now: datetime,
-                index: NameIndex) -> OrderResult:
-        """The order, rebuilt from the script's exceptions; each event's "as of" clock is
-        the script's, recomputed here (new counted events move it, in evaluation order)."""
-        parked, new, stored = int(reply[0]), int(reply[1]), reply[2]
-        held: set[int] = set()
-        repeats: set[int] = set()
-        after: dict[int, list[Released]] = {}
-        at = 3
-        while at < len(reply):
-            kind = reply[at]
-            if kind == b"r":
-                n, raw, leader, occurred, flags = reply[at + 1:at + 6]
-                after.setdefault(int(n), []).append(
-                    Released(bytes(raw), bytes(leader).decode(), int(occurred), int(flags)))
-                at += 6
-                continue
-            (held if kind == b"h" else repeats).add(int(reply[at + 1]))
-            at += 2
-        result = OrderResult([], parked, new, [])
-        clock = _Clock(int(stored) if stored else None, micros(now))
+    def resolve(self, reply: OrderReply, items: list[Incoming], now: datetime,
+                index: NameIndex, wanted: Container[int] = (), *, first: bool = False
+                ) -> OrderResult:
+        """The events to evaluate, in order: of the batch's ``items``, those whose index is
+        ``wanted`` (and the first counted one if ``first``), each released follower after
+        its leader. Each carries the events clock the script moved (new counted events move
+        it, in evaluation order), recomputed here from the clock before the call."""
+        result = OrderResult([], reply.parked, reply.new, [])
+        clock = _Clock(reply.stored, micros(now))
+        held, repeats, after = reply.held, reply.repeats, reply.after
         for released in after.get(0, ()):
             self._released(result, released, clock, index)
         for number, item in enumerate(items, 1):
             if number in held:
                 continue
-            if number not in repeats and item.name not in SKIPPED_EVENTS:
+            counted = item.name not in SKIPPED_EVENTS
+            if counted and number not in repeats:
                 clock.count(item.occurred_us)
-            result.items.append(Ordered(item, clock.value, number - 1))
-            for released in after.get(number, ()):
-                self._released(result, released, clock, index)
+            if number - 1 in wanted or (first and counted):
+                result.items.append(Ordered(item, clock.value, number - 1))
+                first = first and not counted
+            if number in after:
+                for released in after[number]:
+                    self._released(result, released, clock, index)
         return result
 
     def _released(self, result: OrderResult, released: Released, clock: _Clock,
@@ -196,6 +190,35 @@ class Ordering:
             clock.count(released.occurred_us)
         result.released.append((released.leader, item.id))
         result.items.append(Ordered(item, clock.value, -1))
+
+
+@dataclass(slots=True)
+class OrderReply:
+    """The order script's reply: the exceptions to "every event went, for the first time"."""
+
+    parked: int
+    new: int
+    stored: int | None  # the events clock before the call
+    held: set[int]  # batch numbers (1-based) held for their leader
+    repeats: set[int]  # batch numbers that had arrived before
+    after: dict[int, list[Released]]  # released followers by the batch number they follow
+
+    @classmethod
+    def parse(cls, reply: list[Any]) -> OrderReply:
+        parsed = cls(int(reply[0]), int(reply[1]), int(reply[2]) if reply[2] else None,
+                     set(), set(), {})
+        at = 3
+        while at < len(reply):
+            kind = reply[at]
+            if kind == b"r":
+                n, raw, leader, occurred, flags = reply[at + 1:at + 6]
+                parsed.after.setdefault(int(n), []).append(
+                    Released(bytes(raw), bytes(leader).decode(), int(occurred), int(flags)))
+                at += 6
+                continue
+            (parsed.held if kind == b"h" else parsed.repeats).add(int(reply[at + 1]))
+            at += 2
+        return parsed
 
 
 @dataclass(slots=True)

@@ -12,12 +12,13 @@
 --   held    hash of held followers: id -> "<occurred us> <counts 1|0> <raw JSON>"
 --   wl      waitlist zset of held followers (id -> wall us held at)
 --   ck      events clock hash (c: clock us, u: wall us it was set at)
+--   es      the events stream (a held follower's raw JSON is copied from its entry)
 --   mode    "batch": ARGV[2..3] list the batch's events; "lost": the followers held since
 --           before `cutoff` (us), at most `limit`, go in (occurred, id) order
 -- ARGV[2] (batch) the events in stream order, flat: id, occurred us, flags (1: counts for
 --   the clock, 2: a follower that may wait), ...
--- ARGV[3] (batch) the followers, flat: event number (1-based), leader id, ARGV index of its
---   raw JSON, ...
+-- ARGV[3] (batch) the followers, flat: event number (1-based), leader id, its events-stream
+--   entry id, ...
 --
 -- An event goes unless it follows a leader that has not arrived (within the kept slices) and
 -- may wait: it is then held. An event that goes is marked arrived and releases its held
@@ -70,6 +71,17 @@ local function unpack_held(v)
   local b = string.find(v, ' ', a + 1, true)
   return tonumber(string.sub(v, 1, a - 1)), string.sub(v, a + 1, b - 1) == '1',
     string.sub(v, b + 1)
+end
+
+-- The raw JSON of an events-stream entry (nil if it is gone).
+local function raw_of(entry)
+  local got = redis.call('XRANGE', H.es, entry, entry)
+  if #got == 0 then return nil end
+  local fields = got[1][2]
+  for k = 1, #fields, 2 do
+    if fields[k] == 'data' then return fields[k + 1] end
+  end
+  return nil
 end
 
 local function by_time(x, y)
@@ -134,12 +146,14 @@ else
     local id, occurred, flags = evs[j], evs[j + 1], evs[j + 2]
     local counts = flags % 2 == 1
     local f = followers[n]
-    if f and not arrived(f[1]) and not arrived(id) then
+    local raw = nil
+    if f and not arrived(f[1]) and not arrived(id) then raw = raw_of(f[2]) end
+    if raw then
       redis.call('SADD', H.fp .. f[1], id)
       redis.call('PEXPIRE', H.fp .. f[1], H.fttl)
       local c = '0'
       if counts then c = '1' end
-      redis.call('HSET', H.held, id, fmt(occurred) .. ' ' .. c .. ' ' .. ARGV[f[2]])
+      redis.call('HSET', H.held, id, fmt(occurred) .. ' ' .. c .. ' ' .. raw)
       redis.call('ZADD', H.wl, 'NX', fmt(NOW), id)
       parked = parked + 1
       any_held = true
