@@ -17,6 +17,7 @@ from automations.settings import Settings
 from automations.store import AutomationStore
 from bench.redis_server import RedisServer
 from tests.automations.engine_harness import Clock, Harness
+from tests.quick_settings import quick_settings
 from tests.sinks import http_sink as http_sink  # fixtures of real HTTP/SMTP sinks
 from tests.sinks import smtp_sink as smtp_sink
 
@@ -60,17 +61,7 @@ def keys(prefix: str) -> Keys:
 
 @pytest.fixture
 def settings(redis_url: str, prefix: str, tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        prefix=prefix,
-        data_dir=tmp_path / "data",
-        consumer_name=f"test-{uuid.uuid4().hex[:6]}",
-        block_ms=50,
-        claim_idle_ms=500,
-        claim_interval_s=0.2,
-        trim_interval_s=0.5,
-        reconnect_max_s=0.5,
-    )
+    return quick_settings(redis_url, prefix, tmp_path / "data")
 
 
 @pytest.fixture

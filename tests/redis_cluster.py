@@ -11,8 +11,9 @@ cluster (``AUTOMATIONS_REDIS_CLUSTER=true``, one node's URL, one partition per m
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import redis.asyncio as aioredis
 from automations.connection import connect
 from automations.settings import Settings
 from bench.redis_cluster import LocalCluster
+from tests.quick_settings import quick_settings
 
 MASTERS = 3
 
@@ -38,20 +40,9 @@ def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def settings_for(cluster: LocalCluster, prefix: str, data_dir: Path) -> Settings:
-    """The test suite's fast settings on ``cluster`` (its first node's URL)."""
-    return Settings(
-        redis_url=cluster.url,
-        redis_cluster=True,
-        partitions=MASTERS,
-        prefix=prefix,
-        data_dir=data_dir,
-        consumer_name=f"test-{uuid.uuid4().hex[:6]}",
-        block_ms=50,
-        claim_idle_ms=500,
-        claim_interval_s=0.2,
-        trim_interval_s=0.5,
-        reconnect_max_s=0.5,
-    )
+    """The test suite's quick settings on ``cluster`` (its first node's URL)."""
+    return quick_settings(cluster.url, prefix, data_dir, redis_cluster=True,
+                          partitions=MASTERS)
 
 
 @pytest.fixture
@@ -82,3 +73,17 @@ async def cluster_redis(cluster_settings: Settings) -> AsyncIterator[aioredis.Re
     yield client
     await forget(client, cluster_settings.prefix)
     await client.aclose()
+
+
+PACE_TIMEOUT_S = 30.0
+
+
+def wait_for_progress(progress: Callable[[], int], what: str,
+                      timeout_s: float = PACE_TIMEOUT_S) -> None:
+    """In a migration thread, between two steps: block until ``progress()`` moves (the
+    traffic acted on the half-moved slot), or fail with ``what`` stalled."""
+    seen = progress()
+    deadline = time.monotonic() + timeout_s
+    while progress() == seen:
+        assert time.monotonic() < deadline, f"{what} stalled during the migration"
+        time.sleep(0.002)

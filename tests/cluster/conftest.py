@@ -5,16 +5,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from automations.cli.app import app
 from automations.keys import Keys
 from automations.settings import Settings
 from bench.redis_cluster import LocalCluster
+from tests.automations.conftest import cli as cli
 from tests.redis_cluster import cluster_prefix as cluster_prefix
 from tests.redis_cluster import cluster_redis as cluster_redis
 from tests.redis_cluster import cluster_settings as cluster_settings
@@ -58,13 +57,3 @@ def env(settings: Settings, redis_cluster: LocalCluster) -> Iterator[dict[str, s
            "AUTOMATIONS_DATA_DIR": str(settings.data_dir), "COLUMNS": "250"}
 
 
-@pytest.fixture
-def cli(env: dict[str, str]) -> Invoke:
-    """``cli("apply", path, code=2)``: the result, after checking the exit code."""
-
-    def invoke(*args: str | Path, code: int = 0, stdin: str | None = None) -> Result:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env, input=stdin)
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    return invoke

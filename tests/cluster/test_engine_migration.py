@@ -10,7 +10,6 @@ window still counts each event once.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,13 @@ from automations.settings import Settings
 from automations.streams.publish import Publisher
 from bench.redis_cluster import LocalCluster
 from tests.automations.engine_harness import automation
-from tests.redis_cluster import settings_for
+from tests.redis_cluster import settings_for, wait_for_progress
 from tests.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 AUTOMATIONS = 9
 PAIRS_PER_ROUND = 10
-PACE_TIMEOUT_S = 30.0
 
 
 class Flow:
@@ -73,11 +71,7 @@ class Flow:
 
     def paced(self) -> None:
         """In the migration thread: wait until more events went out."""
-        seen = self.rounds
-        deadline = time.monotonic() + PACE_TIMEOUT_S
-        while self.rounds == seen:
-            assert time.monotonic() < deadline, "the publisher stalled during the migration"
-            time.sleep(0.002)
+        wait_for_progress(lambda: self.rounds, "the publisher")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ partition moves with ``redis-cli --cluster reshard``."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +29,7 @@ from automations.store import AutomationStore
 from automations.streams.publish import Publisher
 from bench.redis_cluster import LocalCluster
 from tests.actions.stories import automation
-from tests.redis_cluster import settings_for
+from tests.redis_cluster import settings_for, wait_for_progress
 
 PACE_TIMEOUT_S = 20.0
 BATCH = 20
@@ -63,11 +62,7 @@ class Traffic:
 
     def paced(self) -> None:
         """In the migration thread, after a MIGRATE: wait until the writers tried again."""
-        seen = self.attempts
-        deadline = time.monotonic() + PACE_TIMEOUT_S
-        while self.attempts == seen:
-            assert time.monotonic() < deadline, "the writers stalled during the migration"
-            time.sleep(0.002)
+        wait_for_progress(lambda: self.attempts, "the writers")
 
 
 @pytest.fixture
