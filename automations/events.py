@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from automations.errors import EventTooLarge, InvalidEvent
 
@@ -26,6 +34,8 @@ orjson reads 1,023 levels, pydantic's JSON parser about 200 and its serializer a
 event the engine accepts must survive being embedded in a firing and an announcement, which
 add a few levels each, so every entry point refuses deeper events with this one limit."""
 MAX_PAYLOAD_DEPTH = MAX_EVENT_DEPTH - 1
+DEPTH_CHECKED = "depth_checked"  # validation context: the document's depth is known bounded
+DEPTH_CONTEXT = {DEPTH_CHECKED: True}
 TOO_DEEP = f"event nests more than {MAX_EVENT_DEPTH} levels (payload at most {MAX_PAYLOAD_DEPTH})"
 
 RESOURCE_ID = "prefect.resource.id"
@@ -115,13 +125,14 @@ class Event(BaseModel):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
     @model_validator(mode="after")
-    def _limits(self) -> Event:
+    def _limits(self, info: ValidationInfo) -> Event:
         _check_labels(self.resource, "resource")
         for i, related in enumerate(self.related):
             _check_labels(related, f"related[{i}]")
             if not related.get(RESOURCE_ROLE):
                 raise ValueError(f"related[{i}] needs a non-empty '{RESOURCE_ROLE}' label")
-        if nesting(self.payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
+        depth_checked = bool(info.context and info.context.get(DEPTH_CHECKED))
+        if not depth_checked and nesting(self.payload, MAX_PAYLOAD_DEPTH) > MAX_PAYLOAD_DEPTH:
             raise ValueError(TOO_DEEP)
         return self
 
@@ -167,9 +178,12 @@ class Event(BaseModel):
             raise InvalidEvent(format_validation_error(exc)) from None
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> Event:
+    def parse(cls, data: Mapping[str, Any], *, depth_checked: bool = False) -> Event:
+        """``depth_checked``: the caller already bounded the whole document's depth by
+        ``MAX_EVENT_DEPTH`` (the engine's intake does, for every event), which bounds the
+        payload's, so the model need not walk it again."""
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context=DEPTH_CONTEXT if depth_checked else None)
         except ValidationError as exc:
             raise InvalidEvent(format_validation_error(exc)) from None
 

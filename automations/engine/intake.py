@@ -127,7 +127,7 @@ def _model(data: dict[str, Any], raw: bytes) -> Incoming:
     for required in ("id", "occurred"):
         if required not in data:
             raise InvalidEvent(f"{required}: required on the stream (emit() sets it)")
-    event = Event.parse(data)
+    event = Event.parse(data, depth_checked=True)  # ``_parse`` bounded the depth
     return Incoming(
         id=str(event.id), name=event.event, occurred_us=micros(event.occurred),
         follows=str(event.follows) if event.follows else None, raw=raw, event=event,
