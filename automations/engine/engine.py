@@ -236,9 +236,7 @@ class Engine:
         """One batch: decode -> order (beside: match) -> apply per partition -> forget."""
         now = self.clock()
         source = BatchSource(self._intake, entries, now)
-        items: list[Incoming] = []
-        while source.decode_into(items):
-            pass
+        items = source.decode()
         if self._decisions is not None:
             self._decisions.begin(entries)
         if items:

@@ -35,7 +35,6 @@ from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject
 
 SKIPPED_EVENTS = frozenset({"prefect.log.write"})
-DECODE_CHUNK = 20  # stream entries decoded at a time (while the previous script call runs)
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _canonical = CANONICAL_UUID.fullmatch
@@ -198,29 +197,21 @@ class Intake:
 
 
 class BatchSource:
-    """A batch's stream entries, decoded (and deduplicated by id) a chunk at a time as the
-    engine matches them, so decoding overlaps the previous script call."""
+    """A batch's stream entries, decoded and deduplicated by id (the rejects kept apart)."""
 
     def __init__(self, intake: Intake, entries: Sequence[Entry], now: datetime) -> None:
         self._intake = intake
         self._entries = entries
         self._now = now
-        self._at = 0
-        self._seen: set[str] = set()
         self.rejects: list[Reject] = []
 
-    def decode_into(self, items: list[Incoming]) -> bool:
-        """Append the next decoded events to ``items``; False once every entry is decoded."""
-        while self._at < len(self._entries):
-            chunk = self._entries[self._at:self._at + DECODE_CHUNK]
-            self._at += len(chunk)
-            decoded, rejects = self._intake.decode(chunk, self._now)
-            self.rejects += rejects
-            before = len(items)
-            for item in decoded:
-                if item.id not in self._seen:
-                    self._seen.add(item.id)
-                    items.append(item)
-            if len(items) > before:
-                return True
-        return False
+    def decode(self) -> list[Incoming]:
+        """Every valid event of the batch, each id once, in stream order."""
+        decoded, self.rejects = self._intake.decode(self._entries, self._now)
+        seen: set[str] = set()
+        items: list[Incoming] = []
+        for item in decoded:
+            if item.id not in seen:
+                seen.add(item.id)
+                items.append(item)
+        return items
