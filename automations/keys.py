@@ -201,10 +201,11 @@ class Keys:
     def done(self, idempotency_key: str) -> str:
         return f"{self.g}:done:{idempotency_key}"
 
-    def announced(self, event_id: str) -> str:
-        """Set (with a TTL) when the announcer published the automation event ``event_id``:
-        each once, though the outbox entry is acked after (``engine/outbox.py``)."""
-        return f"{self.g}:announced:{event_id}"
+    def announced(self, slice_no: int) -> str:
+        """Set of the outbox entries (``<outbox>:<entry id>``) the announcer published during
+        time slice ``slice_no``: each once, though the entry is acked after
+        (``engine/outbox.py``)."""
+        return f"{self.g}:announced:{slice_no}"
 
     # actions (dispatcher)
     @property

@@ -23,9 +23,10 @@ Once: one script per batch appends its events and records ``last_fired`` (global
 slot), then one XACK acknowledges the batch on its outbox (the partition's slot: one script
 cannot touch both on Redis Cluster). A crash before the script announces nothing (the batch is
 redelivered). A crash between the two, or an entry taken over from a live but stalled
-announcer (idle past ``claim_idle_ms``), runs the script again for the same firings: it
-appends only the events without an ``announced`` marker (set with each event, for
-``dedupe_ttl_s``), so each is on the stream once (past that TTL the engine's dedupe would
+announcer (idle past ``claim_idle_ms``), runs the script again for the same entries: each
+outbox entry announced is remembered (``keys.announced``: a set per time slice of
+``dedupe_ttl_s / 2``, the current and the previous one looked at), and an entry found there
+appends nothing, so each event is on the stream once (past that the engine's dedupe would
 still skip a repeat). Firings written by hand as ``data`` entries are dispatched but not
 announced: they did not come from an engine.
 """
@@ -33,6 +34,7 @@ announced: they did not come from an engine.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
@@ -216,22 +218,34 @@ def triggered_event_json(
 # KEYS: events stream, last_fired hash, then each event's announced marker. ARGV: marker TTL
 # (s), #events, then (event id, JSON) pairs, then (automation id, ISO) pairs. Returns how many
 # events it appended (not those announced already).
+# KEYS: events stream, last_fired hash, the announced-entries sets of this slice and the one
+# before. ARGV: seconds a set lives, #entries, then per entry: its key, #events, (event id,
+# JSON) pairs; then (automation id, ISO) pairs. An entry already in either set (announced
+# before its ack was lost) appends nothing.
 ANNOUNCE_LUA = """
 local ne = tonumber(ARGV[2])
 local at, added = 3, 0
-for i = 1, ne do
-  if redis.call('SET', KEYS[2 + i], '1', 'NX', 'EX', ARGV[1]) then
-    redis.call('XADD', KEYS[1], '*', 'data', ARGV[at + 1], 'id', ARGV[at])
-    added = added + 1
-  end
+for _ = 1, ne do
+  local key, n = ARGV[at], tonumber(ARGV[at + 1])
   at = at + 2
+  local fresh = redis.call('SISMEMBER', KEYS[4], key) == 0
+    and redis.call('SADD', KEYS[3], key) == 1
+  if fresh then
+    for k = at, at + 2 * n - 1, 2 do
+      redis.call('XADD', KEYS[1], '*', 'data', ARGV[k + 1], 'id', ARGV[k])
+    end
+    added = added + n
+  end
+  at = at + 2 * n
 end
+if ne > 0 then redis.call('EXPIRE', KEYS[3], ARGV[1]) end
 for j = at, #ARGV, 1000 do  -- (unpack has a limit: 500 pairs a call)
   redis.call('HSET', KEYS[2], unpack(ARGV, j, math.min(j + 999, #ARGV)))
 end
 return added
 """
 ACK_CHUNK = 10_000
+SLICES = 2  # an announced-entries set lives two slices of dedupe_ttl_s / 2
 
 
 class Announcer:
@@ -243,7 +257,7 @@ class Announcer:
         self.redis = redis
         self.keys = keys
         self.resource_of = resource_of
-        self.dedupe_ttl_s = settings.dedupe_ttl_s
+        self._slice_s = max(1, settings.dedupe_ttl_s // 2)
         self._script = redis.register_script(ANNOUNCE_LUA)
         self.announced = 0
         self.metrics = current_metrics()
@@ -285,7 +299,9 @@ class Announcer:
         """One script call for the batch's events and ``last_fired`` (for ``ls``) per
         automation, then the ack of every entry on ``outbox`` (the partition's outbox they
         were read from; the consumer does not ack them again)."""
-        events: list[bytes] = []
+        outbox = self._outbox(outbox)
+        events: list[bytes | str | int] = []
+        announced = 0
         last_fired: dict[str, str] = {}
         for entry in entries:
             if b"firings" not in entry.fields:
@@ -298,29 +314,40 @@ class Announcer:
             related = related_of(entry.fields.get(b"event_id"))
             self._observe(entry, items, event_raw)
             event_raw, cut = embeddable(event_raw)
+            made_here: list[bytes] = []
             for item in items:
                 last_fired[str(item.get("automation_id"))] = str(item.get("triggered"))
                 made = triggered_event_json(item, event_raw, related,
                                             self.resource_of(str(item.get("automation_id"))),
                                             cut=cut)
                 if made is not None:
-                    events += made
+                    made_here += made
+            if made_here:
+                events += [f"{outbox}:{entry.id}", len(made_here) // 2, *made_here]
+                announced += 1
         pairs = [part for item in last_fired.items() for part in item]
         if events or pairs:
-            markers = [self.keys.announced(event_id.decode()) for event_id in events[::2]]
             added = await self._script(
-                keys=[self.keys.events, self.keys.last_fired, *markers],
-                args=[self.dedupe_ttl_s, len(events) // 2, *events, *pairs])
+                keys=[self.keys.events, self.keys.last_fired, *self._slices()],
+                args=[SLICES * self._slice_s, announced, *events, *pairs])
             self.announced += int(added)
         await self._ack(outbox, [entry.id for entry in entries])
         return []
 
-    async def _ack(self, outbox: str | None, ids: list[str]) -> None:
-        """Acknowledge the batch on its outbox (chunked: a batch can be large)."""
+    def _slices(self) -> tuple[str, str]:
+        """The announced-entries sets of the current time slice and the one before."""
+        current = int(time.time()) // self._slice_s
+        return self.keys.announced(current), self.keys.announced(current - 1)
+
+    def _outbox(self, outbox: str | None) -> str:
         if outbox is None:
             if len(self.consumers) != 1:
                 raise ValueError("handle_batch needs the outbox its entries came from")
             outbox = self.consumers[0].stream
+        return outbox
+
+    async def _ack(self, outbox: str, ids: list[str]) -> None:
+        """Acknowledge the batch on its outbox (chunked: a batch can be large)."""
         for first in range(0, len(ids), ACK_CHUNK):
             await self.redis.xack(outbox, ANNOUNCE_GROUP, *ids[first:first + ACK_CHUNK])
 
