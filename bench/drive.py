@@ -169,13 +169,11 @@ class Drain:
 
     def redis_figures(self) -> Row:
         """Every node's cost an event summed (one node: its own), and the engines' CPU."""
-        total = NodeSample(0.0, 0.0, 0.0)
+        total = NodeSample(0.0, {})
         for node in self.nodes:
-            total = NodeSample(total.cpu_seconds + node.cpu_seconds,
-                               total.command_usec + node.command_usec,
-                               total.script_usec + node.script_usec)
+            total += node
         engine = self.engines_cpu * self.wall * 1e6 / self.handled if self.handled else None
-        return {**total.per_event(self.handled),
+        return {**total.per_event(self.handled), "redis_top_commands": total.top_commands(),
                 "engine_cpu_us_per_event": round(engine, 1) if engine is not None else None}
 
 

@@ -241,18 +241,29 @@ def scripted_commands() -> frozenset[str]:
 
 @dataclass(frozen=True, slots=True)
 class NodeSample:
-    """One node's counters: CPU seconds (``INFO cpu``, user + system) and microseconds of
-    commands (``INFO commandstats``): every command the clients sent, scripts whole
-    (their inner calls not counted twice), and the scripts alone."""
+    """One node's counters: CPU seconds (``INFO cpu``, user + system) and the microseconds
+    of each command the clients sent (``INFO commandstats``; a script's inner calls are in
+    its own time, so they are not counted twice)."""
 
     cpu_seconds: float
-    command_usec: float
-    script_usec: float
+    commands: dict[str, float]
 
     def __sub__(self, before: NodeSample) -> NodeSample:
-        return NodeSample(self.cpu_seconds - before.cpu_seconds,
-                          self.command_usec - before.command_usec,
-                          self.script_usec - before.script_usec)
+        return NodeSample(self.cpu_seconds - before.cpu_seconds, {
+            name: usec - before.commands.get(name, 0.0) for name, usec in self.commands.items()})
+
+    def __add__(self, other: NodeSample) -> NodeSample:
+        names = self.commands.keys() | other.commands.keys()
+        return NodeSample(self.cpu_seconds + other.cpu_seconds, {
+            n: self.commands.get(n, 0.0) + other.commands.get(n, 0.0) for n in names})
+
+    @property
+    def command_usec(self) -> float:
+        return sum(self.commands.values())
+
+    @property
+    def script_usec(self) -> float:
+        return sum(usec for name, usec in self.commands.items() if name in SCRIPT_COMMANDS)
 
     def per_event(self, events: int) -> Row:
         """Microseconds an event: CPU, commands (the issue's "Redis us per event"), scripts."""
@@ -263,18 +274,22 @@ class NodeSample:
                 "redis_us_per_event": us(self.command_usec),
                 "script_us_per_event": us(self.script_usec)}
 
+    def top_commands(self, count: int = 3) -> str:
+        """The commands that took most of the time, with their shares: ``evalsha 80%, ...``."""
+        total = self.command_usec
+        ranked = sorted(self.commands.items(), key=lambda item: -item[1])[:count]
+        return ", ".join(f"{name} {usec / total:.0%}" for name, usec in ranked) if total else ""
+
 
 async def sample_node(redis: aioredis.Redis) -> NodeSample:
     cpu, stats = await redis.info("cpu"), await redis.info("commandstats")
-    inner, command, script = scripted_commands(), 0.0, 0.0
+    inner = scripted_commands()
+    commands: dict[str, float] = {}
     for name, figures in stats.items():
-        command_name = str(name).removeprefix("cmdstat_").partition("|")[0]
-        usec = float(figures.get("usec", 0)) if isinstance(figures, dict) else 0.0
-        if command_name in SCRIPT_COMMANDS:
-            script += usec
-        if command_name not in inner and command_name not in OWN_COMMANDS:
-            command += usec
-    return NodeSample(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), command, script)
+        command = str(name).removeprefix("cmdstat_").partition("|")[0]
+        if command not in inner and command not in OWN_COMMANDS and isinstance(figures, dict):
+            commands[command] = commands.get(command, 0.0) + float(figures.get("usec", 0))
+    return NodeSample(float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), commands)
 
 
 def rss_bytes(pid: int) -> int:
