@@ -146,7 +146,7 @@ class Ordering:
         keys = [self.keys.events_clock]
         if self.declare_keys:
             current = micros(now) // self._slice_us
-            keys += [self.keys.held_events, self.keys.waitlist]
+            keys += [self.keys.held_events, self.keys.waitlist, self.keys.events]
             keys += [self.keys.arrived(current - n) for n in range(SLICES)]
         return keys
 
