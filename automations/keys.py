@@ -105,6 +105,11 @@ class PartitionKeys:
         """Zset of expect events that arrived before any window of their bucket (engine)."""
         return f"{self.base}:held-expect:{automation}:{trigger}:{key}"
 
+    def parse_bucket(self, bucket: str) -> tuple[str, str, str]:
+        """A bucket key's automation id, trigger id and the key of its unresolved counter."""
+        automation, trigger, key = bucket.removeprefix(f"{self.base}:bucket:").split(":", 2)
+        return automation, trigger, self.unresolved(automation, trigger, key)
+
     def unresolved(self, automation: str, trigger: str, key: str) -> str:
         """Expected events still needed to resolve a proactive firing of this bucket (engine)."""
         return f"{self.base}:unresolved:{automation}:{trigger}:{key}"

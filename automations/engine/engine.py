@@ -74,7 +74,8 @@ class Engine:
         self._automations: dict[UUID, list[WindowSpec]] = {}
         self._spec_of: dict[int, WindowSpec] = {}  # id(event trigger) -> its spec
         self._resources: dict[str, bytes] = {}  # automation id -> its events' resource JSON
-        self._global_partitions: frozenset[int] = frozenset()  # with global proactive windows
+        # partition -> the keys of its global proactive windows (which the first event opens)
+        self._global_keys: dict[int, tuple[str, ...]] = {}
         self._planner = Planner(self.keys, self._index, self._spec_of.__getitem__)
         self._window = Window(redis, self.keys, settings)
         self.ordering = Ordering(redis, self.keys, settings, declare_keys=settings.redis_cluster)
@@ -162,8 +163,11 @@ class Engine:
         return specs
 
     def _globals_changed(self) -> None:
-        self._global_partitions = frozenset(
-            s.partition for s in self._specs.values() if s.global_key)
+        found: dict[int, list[str]] = {}
+        for spec in self._specs.values():
+            if spec.global_key:
+                found.setdefault(spec.partition, []).extend(spec.state_keys)
+        self._global_keys = {part: tuple(keys) for part, keys in found.items()}
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stopping: anyio.Event | None = None) -> None:
@@ -247,7 +251,7 @@ class Engine:
             finally:
                 reply = await ordering
             order = self.ordering.resolve(reply, items, now, self._planner, matched,
-                                          first=bool(self._global_partitions))
+                                          first=bool(self._global_keys))
             recording = self._decisions.write(self._decisions) if self._decisions else None
             await self._apply(order, matched, now)
             if recording is not None:
@@ -266,10 +270,9 @@ class Engine:
         then while the order call is in flight)."""
         matched: dict[int, Matched] = {}
         for n, item in enumerate(items):
-            if item.event is not None and item.name not in SKIPPED_EVENTS:
-                ops = self._ops(item.event)
-                if ops:
-                    matched[n] = ops
+            ops = self._ops_of(item)
+            if ops:
+                matched[n] = ops
             if n % YIELD_EVERY == 0 and not pending.done():
                 await asyncio.sleep(0)
         return matched
@@ -284,7 +287,7 @@ class Engine:
         batches: dict[int, WindowBatch] = {}
         ops = 0
         flight: asyncio.Future[None] | None = None
-        opens = self._global_partitions  # the first counted event opens missing global windows
+        opens = frozenset(self._global_keys)  # the first counted event opens missing ones
         try:
             for ordered in order.items:
                 found = self._operations(ordered, matched) or []
@@ -312,7 +315,10 @@ class Engine:
     def _operations(self, ordered: Ordered, matched: dict[int, Matched]) -> Matched | None:
         if ordered.batch_index >= 0:
             return matched.get(ordered.batch_index)
-        item = ordered.item  # a released follower: matched now
+        return self._ops_of(ordered.item)  # a released follower: matched now
+
+    def _ops_of(self, item: Incoming) -> Matched | None:
+        """An event's operations (None when no trigger may care: no model was built)."""
         if item.event is None or item.name in SKIPPED_EVENTS:
             return None
         return self._ops(item.event)
@@ -330,7 +336,8 @@ class Engine:
             if number is None:
                 batch = batches.get(part)
                 if batch is None:
-                    batch = batches[part] = self._window.batch(part, iso)
+                    batch = batches[part] = self._window.batch(
+                        part, iso, self._global_keys.get(part, ()))
                 number = numbers[part] = batch.add_event(
                     item.id, item.occurred_us, item.raw, ordered.asof_us)
             return number

@@ -204,14 +204,17 @@ class Window:
             "held_keep": to_us(HELD_KEEP_S), "uttl": UNRESOLVED_TTL_S,
             "ttl": settings.dedupe_ttl_s,
         }
-        self._global_keys: dict[int, tuple[str, ...]] = {}  # partition -> global window keys
 
     def __repr__(self) -> str:
         return f"Window(prefix={self.keys.prefix!r}, partitions={self.keys.partitions})"
 
-    def batch(self, number: int, iso: str) -> WindowBatch:
-        """An empty ``apply`` batch for partition ``number``."""
-        return WindowBatch(self.keys.partition(number), self.declare, iso=iso)
+    def batch(self, number: int, iso: str, global_keys: Sequence[str] = ()) -> WindowBatch:
+        """An empty ``apply`` batch for partition ``number``; ``global_keys``: the keys of
+        the partition's global proactive windows, which any call may open (declared)."""
+        batch = WindowBatch(self.keys.partition(number), self.declare, iso=iso)
+        if self.declare:
+            batch.declared.extend(global_keys)
+        return batch
 
     def _header(self, part: PartitionKeys, now: datetime, **extra: Any) -> bytes:
         return orjson.dumps({
@@ -235,7 +238,6 @@ class Window:
         keys = self._static_keys(part)
         if batch.declare:
             keys += batch.declared
-            keys += self._globals_declared(part)
         reply: list[Any] = await self._apply(keys=keys, args=[
             self._header(part, now), "{" + specs + "}", orjson.dumps(batch.events),
             orjson.dumps(batch.templates), *batch.raws,
@@ -243,10 +245,6 @@ class Window:
         ])
         fired, evaluated = reply  # apply.lua's reply, in order
         return ApplyResult(fired=int(fired), evaluated=int(evaluated))
-
-    def _globals_declared(self, part: PartitionKeys) -> list[str]:
-        """The global windows the script may open (as this process knows them)."""
-        return list(self._global_keys.get(part.number, ()))
 
     async def events_clock(self, now: datetime) -> int:
         """The "as of" time (us) of now: now plus the events-clock offset (reference 3.7),
@@ -284,11 +282,9 @@ class Window:
         trigger_ids: dict[str, None] = {}
         for raw in due:
             key = bytes(raw).decode()
-            found.append(key)
-            found.append(key.replace(":bucket:", ":unresolved:", 1))
-            parts = key.split(":bucket:", 1)[1].split(":")
-            if len(parts) >= 2:
-                trigger_ids[parts[1]] = None
+            _, trigger_id, unresolved = part.parse_bucket(key)
+            found += [key, unresolved]
+            trigger_ids[trigger_id] = None
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hvals(part.proactive_globals)
             if trigger_ids:
@@ -312,19 +308,9 @@ class Window:
         for spec in specs:
             by_partition.setdefault(spec.partition, []).append(spec)
         numbers = range(self.keys.partitions) if replace else sorted(by_partition)
-        self._global_keys = self._globals_of(specs, replace=replace)
         for number in numbers:
             await self._register(self.keys.partition(number), by_partition.get(number, []),
                                  replace=replace)
-
-    def _globals_of(self, specs: Sequence[WindowSpec], *, replace: bool
-                    ) -> dict[int, tuple[str, ...]]:
-        known = {} if replace else dict(self._global_keys)
-        for spec in specs:
-            if spec.global_key:
-                known[spec.partition] = tuple(dict.fromkeys(
-                    (*known.get(spec.partition, ()), *spec.state_keys)))
-        return known
 
     async def _register(self, part: PartitionKeys, specs: Sequence[WindowSpec], *,
                         replace: bool) -> None:
