@@ -28,6 +28,7 @@ from redis.connection import parse_url
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
 
+from automations.command_packing import fast_packing
 from automations.errors import AutomationsError
 from automations.settings import Settings
 
@@ -122,7 +123,12 @@ class _AsyncCluster(AsyncRedisCluster):
             raise
         except redis.exceptions.RedisClusterException as exc:
             raise _cluster_error(exc, self.url) from exc
-        for node in self.nodes_manager.nodes_cache.values():
+        manager = self.nodes_manager
+        made = manager.connection_kwargs.get("connection_class")
+        if isinstance(made, type):  # nodes found later (a MOVED to a new master) pack fast too
+            manager.connection_kwargs["connection_class"] = fast_packing(made)
+        for node in manager.nodes_cache.values():
+            node.connection_class = fast_packing(node.connection_class)
             free = getattr(node, "_free", None)
             if isinstance(free, collections.deque) and not isinstance(free, _LastReleasedFirst):
                 node._free = _LastReleasedFirst(free, maxlen=free.maxlen)
@@ -269,8 +275,16 @@ def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
             sentinel_addresses(settings), socket_connect_timeout=5)
         master: aioredis.Redis = sentinel.master_for(
             settings.redis_sentinel_master, **{**_master_kwargs(settings), **common})
-        return master
-    return aioredis.Redis.from_url(url or redis_url(settings), **common)
+        return with_fast_packing(master)
+    return with_fast_packing(aioredis.Redis.from_url(url or redis_url(settings), **common))
+
+
+def with_fast_packing(client: aioredis.Redis) -> aioredis.Redis:
+    """``client`` packing commands with ``automations.command_packing`` (before its pool has
+    made any connection)."""
+    pool = client.connection_pool
+    pool.connection_class = fast_packing(pool.connection_class)
+    return client
 
 
 def connect_sync(settings: Settings) -> redis.Redis:

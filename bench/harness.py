@@ -25,7 +25,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 import automations.engine
-from automations.connection import connect_cluster
+from automations.connection import connect_cluster, with_fast_packing
 from automations.keys import Keys
 from automations.settings import Settings
 from bench.redis_server import RedisServer
@@ -68,8 +68,10 @@ class Bench:
         # Generous timeout: a long engine script can hold Redis for seconds (redis-py's default
         # of 5 s would turn that into an error in the benchmark instead of a figure).
         common: dict[str, Any] = {"decode_responses": False, "socket_timeout": 120}
+        # Packing as the services' clients pack (``connect``): the producer and the bare
+        # consumer are measured with the client the engine has.
         self.redis: aioredis.Redis = connect_cluster(redis_url, common) if self.cluster \
-            else aioredis.Redis.from_url(redis_url, **common)
+            else with_fast_packing(aioredis.Redis.from_url(redis_url, **common))
         self.node_urls = list(nodes) or [redis_url]
         self.nodes: list[aioredis.Redis] = [
             aioredis.Redis.from_url(url, **common) for url in nodes] or [self.redis]

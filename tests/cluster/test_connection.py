@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from automations.cli.app import app
 from automations.cli.common import EXIT_USER_ERROR
+from automations.command_packing import FastPacking
 from automations.connection import (
     CONNECTION_ERRORS,
     ClusterUnavailable,
@@ -191,3 +192,16 @@ def test_serve_on_a_cluster_without_a_url_exits_with_the_reason(tmp_path: Path) 
     assert result.exit_code == EXIT_USER_ERROR, (result.stdout, result.stderr)
     assert "needs AUTOMATIONS_REDIS_URL" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+async def test_cluster_connections_pack_with_the_fast_packer(redis: aioredis.Redis,
+                                                             keys: Keys) -> None:
+    """Every master's connections use ``automations.command_packing`` (a command of many
+    arguments and one of a large value go through it)."""
+    for part in keys.all_partitions:
+        ids = [await redis.xadd(part.firings, {b"data": b"x" * 7000}) for _ in range(50)]
+        await redis.xgroup_create(part.firings, "g", id="0")
+        await redis.xreadgroup("g", "c", {part.firings: ">"}, count=50)
+        assert await redis.xack(part.firings, "g", *ids) == 50
+    nodes = redis.get_nodes()  # type: ignore[attr-defined]
+    assert nodes and all(issubclass(n.connection_class, FastPacking) for n in nodes)
