@@ -118,17 +118,34 @@ class Decision:
         )
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The decisions noted for one batch, and its stream entries (for their ids)."""
+
+    key: object
+    entries: Sequence[Entry]
+    values: list[str]
+    entry_of: dict[bytes, str] | None = None
+
+    def entry_id(self, event_id: str) -> str:
+        if self.entry_of is None:
+            self.entry_of = {e.fields.get(b"id", b""): e.id for e in self.entries}
+        return self.entry_of.get(event_id.encode(), "")
+
+
 class DecisionLog:
     """The engine's writer: ``begin`` a batch of stream entries, ``note`` per event,
-    ``write`` per script call (the window script's batch)."""
+    ``write`` once the batch is applied (beside its window script calls). Several batches
+    may be open at once (one matched ahead while another is applied): each is its own key.
+    Notes without a begun batch (followers released while a batch is applied, or by the
+    lost-follower release) go out with the next batch written."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
         self.stream = keys.decisions
         self.maxlen = settings.decision_log_maxlen
         self._script = redis.register_script(WRITE_LUA)
-        self._open: dict[int, tuple[object, list[str]]] = {}  # id(window batch) -> its args
-        self._entries: Sequence[Entry] = ()
-        self._entry_of: dict[bytes, str] | None = None
+        self._open: dict[int, _Batch] = {}  # id(batch key) -> its notes
+        self._late: list[str] = []  # notes of no begun batch
         self._failing = False
         self._watchers: dict[int, tuple[Sequence[Step], Watchers]] = {}  # by id(plan steps)
         self.written = 0
@@ -136,18 +153,19 @@ class DecisionLog:
     def __repr__(self) -> str:
         return f"DecisionLog(stream={self.stream!r}, maxlen={self.maxlen}, written={self.written})"
 
-    def begin(self, entries: Sequence[Entry]) -> None:
-        """The stream entries of the batch being handled (their ids are looked up lazily)."""
-        self._entries, self._entry_of = entries, None
+    def begin(self, batch: object, entries: Sequence[Entry]) -> None:
+        """Open ``batch`` (any object, its key) with its stream entries (their ids are looked
+        up lazily)."""
+        self._open[id(batch)] = _Batch(batch, entries, [])
 
-    def _entry_id(self, event_id: str) -> str:
-        if self._entry_of is None:
-            self._entry_of = {e.fields.get(b"id", b""): e.id for e in self._entries}
-        return self._entry_of.get(event_id.encode(), "")
+    def discard(self, batch: object) -> None:
+        """Forget ``batch``'s notes: it will not be applied as matched (read again later)."""
+        self._open.pop(id(batch), None)
 
-    def note(self, batch: object, event: Event, watching: Sequence[Step],
+    def note(self, batch: object | None, event: Event, watching: Sequence[Step],
              kept: Sequence[Step]) -> None:
-        """One event of ``batch``: ``watching`` matched its name, ``kept`` its resources too."""
+        """One event of ``batch`` (None: of no begun batch): ``watching`` matched its name,
+        ``kept`` its resources too."""
         if not watching:
             return
         counted: dict[str, None] = {}
@@ -159,12 +177,13 @@ class DecisionLog:
                 immediate[spec.automation_id] = None
         missed, missed_count = self._missed(watching, counted)
         event_id = str(event.id)
-        args = self._open.get(id(batch))
-        if args is None:
-            args = self._open[id(batch)] = (batch, [])
-        args[1].extend((event_id, event.event, event.occurred.isoformat(),
-                        self._entry_id(event_id), ",".join(counted), missed,
-                        str(missed_count), ",".join(immediate)))
+        found = self._open.get(id(batch)) if batch is not None else None
+        if found is None and batch is not None:
+            found = self._open[id(batch)] = _Batch(batch, (), [])
+        values = found.values if found is not None else self._late
+        values.extend((event_id, event.event, event.occurred.isoformat(),
+                       found.entry_id(event_id) if found is not None else "",
+                       ",".join(counted), missed, str(missed_count), ",".join(immediate)))
 
     def _missed(self, watching: Sequence[Step], counted: Collection[str]) -> tuple[str, int]:
         """The near misses: the first ``MISSED_LISTED`` ids (comma-joined) and how many
@@ -195,14 +214,15 @@ class DecisionLog:
         return watchers
 
     def write(self, batch: object) -> asyncio.Task[None] | None:
-        """Send ``batch``'s decisions (a task started now, beside its window script call);
-        ``None`` when it has none. Decisions noted for batches matched but never applied
-        (re-matched after a follows release) are dropped here."""
+        """Send ``batch``'s decisions, and the notes of no batch made since the last write
+        (a task started now, beside its window script calls); ``None`` when there are none."""
         found = self._open.pop(id(batch), None)
-        self._open.clear()
-        if found is None:
+        values = found.values if found is not None else []
+        if self._late:
+            values, self._late = values + self._late, []
+        if not values:
             return None
-        return asyncio.ensure_future(self._send(found[1]))
+        return asyncio.ensure_future(self._send(values))
 
     async def _send(self, values: list[str]) -> None:
         try:

@@ -10,6 +10,7 @@ in Redis, in the engine's scripts.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
@@ -208,6 +209,23 @@ class BatchSource:
     def decode(self) -> list[Incoming]:
         """Every valid event of the batch, each id once, in stream order."""
         decoded, self.rejects = self._intake.decode(self._entries, self._now)
+        return self._first_of_each(decoded)
+
+    async def decode_yielding(self, every: int) -> list[Incoming]:
+        """``decode``, giving the event loop a turn after every ``every`` entries (a batch
+        decoded ahead must not hold up the one waiting for its Redis replies)."""
+        decoded: list[Incoming] = []
+        rejects: list[Reject] = []
+        for start in range(0, len(self._entries), every):
+            items, bad = self._intake.decode(self._entries[start:start + every], self._now)
+            decoded += items
+            rejects += bad
+            await asyncio.sleep(0)
+        self.rejects = rejects
+        return self._first_of_each(decoded)
+
+    @staticmethod
+    def _first_of_each(decoded: list[Incoming]) -> list[Incoming]:
         seen: set[str] = set()
         items: list[Incoming] = []
         for item in decoded:

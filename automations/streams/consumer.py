@@ -10,6 +10,7 @@ component's, inside ``serve``). Per-entry work is one small dataclass: no pydant
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,6 +72,7 @@ class Reject:
 
 
 Handler = Callable[[list[Entry]], Awaitable[Sequence[Reject] | None]]
+LookAhead = Callable[[list[Entry]], Awaitable[None]]
 
 
 async def stop_when_set(stopping: anyio.Event, stop: Callable[[], None]) -> None:
@@ -88,6 +90,12 @@ class StreamConsumer:
     acks them itself, in the same atomic step as its work). If it raises, the batch stays
     pending and is retried with backoff; an entry delivered ``max_deliveries`` times goes to
     ``dead_stream`` with the last error.
+
+    With ``look_ahead``, a full batch (a backlog) is handled while the next one is read
+    beside it and given to ``look_ahead``, which may prepare it (decode, match) while the
+    handler waits for Redis; the handler then gets that same list. If the handler fails, the
+    batch read ahead is not handled out of turn: it stays pending and is read again after
+    the failed one. A stopping consumer handles it before it returns.
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class StreamConsumer:
         batch_size: int | None = None,
         maxlen: int | None = None,
         handler_acks: bool = False,
+        look_ahead: LookAhead | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
@@ -114,6 +123,8 @@ class StreamConsumer:
         self.batch_size = batch_size or settings.batch_size
         self.handler_acks = handler_acks  # the handler acks what it accepts, atomically
         self.maxlen = maxlen  # trim what every group acknowledged towards it (None: never)
+        self.look_ahead = look_ahead
+        self._ahead: list[Entry] = []  # the next batch, read while the last one was handled
         self.handled = 0
         self.rejected = 0
         self.dead = 0
@@ -187,6 +198,7 @@ class StreamConsumer:
                         self._ready = False
                     else:
                         raise
+            await self._drain_ahead()
             tg.cancel_scope.cancel()
 
     async def run_until_idle(self) -> int:
@@ -215,14 +227,20 @@ class StreamConsumer:
     async def _step(self, *, block: bool) -> int:
         """One read-handle-ack round; returns the number of entries read."""
         now = time.monotonic()
-        if now >= self._next_claim:
+        if self._ahead:
+            entries = self._take_ahead()
+        elif now >= self._next_claim:
             entries = await self._claim()
         elif self._own_pending:
             entries = await self._read("0", block=False)
             self._own_pending = bool(entries)
         else:
             entries = await self._read(">", block=block)
-        await self._handle(entries)
+        if self.look_ahead is not None and len(entries) >= self.batch_size \
+                and not self._own_pending and not self._stopping:
+            await self._handle_reading_ahead(entries)
+        else:
+            await self._handle(entries)
         if now >= self._next_trim:
             self._next_trim = now + self.settings.trim_interval_s
             await self._housekeeping()
@@ -243,6 +261,45 @@ class StreamConsumer:
         if entries:
             await self._process(entries)
         return len(entries)
+
+    async def _handle_reading_ahead(self, entries: list[Entry]) -> None:
+        """Handle ``entries`` while the next batch is read (without blocking: a full batch
+        says more are waiting) and prepared by ``look_ahead``."""
+        reading = asyncio.ensure_future(self._read_ahead())
+        try:
+            await self._handle(entries)
+        except BaseException:
+            reading.cancel()
+            self._own_pending = True  # what was read ahead is pending: read it again
+            raise
+        ahead = await reading
+        if not self._own_pending:  # else the handler failed: the batch after waits its turn
+            self._ahead = ahead
+
+    async def _read_ahead(self) -> list[Entry]:
+        try:
+            entries = await self._read(">", block=False)
+        except Exception:
+            self._own_pending = True  # some may have been delivered: look at own pending
+            raise
+        if entries and self.look_ahead is not None:
+            await self.look_ahead(entries)
+        return entries
+
+    async def _drain_ahead(self) -> None:
+        """Stopping: handle the batch read ahead (it is pending for this consumer name, which
+        the next process does not share); without Redis it is left to be claimed."""
+        if not self._ahead:
+            return
+        try:
+            await self._handle(self._take_ahead())
+        except CONNECTION_ERRORS as exc:
+            log.warning("%s/%s: stopping without handling the batch read ahead (%s); "
+                        "another consumer claims it", self.stream, self.group, exc)
+
+    def _take_ahead(self) -> list[Entry]:
+        entries, self._ahead = self._ahead, []
+        return entries
 
     async def _read(self, start: str, *, block: bool) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(

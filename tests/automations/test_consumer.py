@@ -313,3 +313,70 @@ async def test_housekeeping_forgets_idle_consumers_with_nothing_pending(
     await c._housekeeping()
     names = {x["name"] for x in await redis.xinfo_consumers(keys.events, "g")}
     assert names == {b"me", b"busy"}
+
+
+class AheadRecorder(Recorder):
+    """A handler with a ``look_ahead`` that records the batches it was shown."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.ahead: list[list[Entry]] = []
+
+    async def look_ahead(self, entries: list[Entry]) -> None:
+        self.ahead.append(entries)
+
+
+async def test_a_backlog_is_read_ahead_and_handled_once_in_order(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 23)
+    handler = AheadRecorder()
+    c = consumer(redis, settings, handler, batch_size=5, look_ahead=handler.look_ahead)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(c.run)
+        await wait_until(lambda: len(handler.data) >= 23)
+        c.stop()
+    assert handler.data == [f"e{i}".encode() for i in range(23)]
+    assert [len(b) for b in handler.batches] == [5, 5, 5, 5, 3]
+    # every batch after the first was read while the one before was handled, and the
+    # handler got the very list look_ahead prepared
+    assert [id(b) for b in handler.ahead] == [id(b) for b in handler.batches[1:]]
+    assert await pending(redis, keys.events) == 0
+
+
+async def test_a_failed_batch_keeps_the_one_read_ahead_waiting_its_turn(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 10)
+    handler = AheadRecorder(fail_times=1)
+    c = consumer(redis, settings, handler, batch_size=5, look_ahead=handler.look_ahead)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(c.run)
+        await wait_until(lambda: c.handled >= 10)
+        c.stop()
+    # the first batch failed after the second was read ahead: the second is not handled
+    # before the first succeeds, and then comes again from the pending list
+    first = [f"e{i}".encode() for i in range(5)]
+    assert handler.data[:10] == first + first
+    assert handler.data[10:] == [f"e{i}".encode() for i in range(5, 10)]
+    assert [e.deliveries for e in handler.batches[-1]] == [2] * 5
+    assert await pending(redis, keys.events) == 0
+
+
+async def test_a_stopping_consumer_handles_the_batch_it_read_ahead(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    await add(redis, keys.events, 10)
+    c: StreamConsumer
+    handler = AheadRecorder()
+
+    async def slow(entries: list[Entry]) -> None:
+        await handler(entries)
+        c.stop()
+        await anyio.sleep(0.1)  # the next batch is read ahead meanwhile
+
+    c = consumer(redis, settings, slow, batch_size=5, look_ahead=handler.look_ahead)
+    with anyio.fail_after(5):
+        await c.run()
+    assert len(handler.ahead) == 1 and handler.data == [f"e{i}".encode() for i in range(10)]
+    assert await pending(redis, keys.events) == 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
+from automations.engine.engine import Engine
+from automations.settings import Settings
 from automations.streams.consumer import Entry
 from tests.automations.engine_harness import Clock, Harness, automation, event, event_ids
+from tests.wait import wait_until
 
 FAILED = "prefect.flow-run.Failed"
 
@@ -177,3 +181,66 @@ async def test_last_fired_is_recorded_for_every_automation_of_a_batch(h: Harness
     assert len(await h.send(event(FAILED, 0))) == 3
     assert sorted(await h.redis.hkeys(h.keys.last_fired)) == sorted(
         str(a.id).encode() for a in autos)
+
+
+def entries_of(*events: Any, start: int = 1) -> list[Entry]:
+    return [Entry(f"{start + i}-0", {b"data": e.to_json(), b"id": str(e.id).encode()}, 1)
+            for i, e in enumerate(events)]
+
+
+async def test_a_batch_prepared_ahead_is_applied_as_prepared(h: Harness) -> None:
+    """``look_ahead`` decodes and matches a batch while the one before waits for Redis; the
+    batch then fires and is logged exactly as if it had been handled from scratch."""
+    a = automation(reactive(threshold=2, within=60))
+    await h.load(a, automation(reactive(), name="every"))
+    events = [event(FAILED, i) for i in range(3)]
+    ahead = entries_of(*events)
+    await h.engine.look_ahead(ahead)
+    assert await h.engine.handle_batch(ahead) == []
+    assert len(await h.firings()) == 4  # three "every", one "threshold 2"
+    logged: Any = await h.redis.xrange(h.keys.decisions)
+    assert [f[b"entry"].decode() for _, f in logged] == [e.id for e in ahead]
+
+
+async def test_a_batch_prepared_ahead_is_matched_again_after_a_reload(h: Harness) -> None:
+    await h.load(automation(reactive(), name="old"))
+    ahead = entries_of(event(FAILED, 0))
+    await h.engine.look_ahead(ahead)
+    new = automation(reactive(), name="new")
+    await h.load(new)  # between the head start and the handling
+    await h.engine.handle_batch(ahead)
+    assert [f.automation_id for f in await h.firings()] == [new.id]
+
+
+async def test_a_batch_prepared_ahead_but_not_handled_leaves_no_trace(h: Harness) -> None:
+    """The consumer drops a batch read ahead when the one before it fails (it is read again
+    later): its decisions are not logged with another batch."""
+    await h.load(automation(reactive()))
+    await h.engine.look_ahead(entries_of(event(FAILED, 0)))
+    other = entries_of(event(FAILED, 1), start=10)
+    await h.engine.handle_batch(other)
+    logged: Any = await h.redis.xrange(h.keys.decisions)
+    assert [f[b"entry"].decode() for _, f in logged] == [other[0].id]
+    assert len(await h.firings()) == 1
+
+
+async def test_a_running_engine_reads_a_backlog_ahead_and_loses_nothing(
+    h: Harness, settings: Settings, redis: Any
+) -> None:
+    """A backlog read in batches of 10 with look-ahead: every event counted once, in order
+    (each resource's window fires on its third event, and only then)."""
+    await h.load(automation(reactive(threshold=3, within=3600,
+                                     for_each=["prefect.resource.id"])))
+    events = [event(FAILED, i, f"r{i % 5}") for i in range(95)]
+    await h.publisher.publish(events)
+    engine = Engine(redis, settings.model_copy(update={"batch_size": 10}), clock=h.clock)
+    await engine.load([automation(reactive(threshold=3, within=3600,
+                                           for_each=["prefect.resource.id"]))])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        await wait_until(lambda: engine.events >= 95)
+        engine.stop()
+    logged: Any = await redis.xrange(h.keys.decisions)
+    assert [f[b"event_id"].decode() for _, f in logged] == [str(e.id) for e in events]
+    firings = await h.firings()
+    assert sorted(event_ids(firings)) == sorted(str(e.id) for e in events[10:15])
