@@ -19,16 +19,17 @@ every partition's outbox with their own consumer group (``announce``; one consum
 and append those events to the events stream, so the per-firing copy of the triggering event
 stays out of the script every engine waits on.
 
-Once: one script per batch appends its events and records ``last_fired`` (global keys, one
-slot), then one XACK acknowledges the batch on its outbox (the partition's slot: one script
-cannot touch both on Redis Cluster). A crash before the script announces nothing (the batch is
-redelivered). A crash between the two, or an entry taken over from a live but stalled
-announcer (idle past ``claim_idle_ms``), runs the script again for the same entries: each
-outbox entry announced is remembered (``keys.announced``: a set per time slice of
-``dedupe_ttl_s / 2``, the current and the previous one looked at), and an entry found there
-appends nothing, so each event is on the stream once (past that the engine's dedupe would
-still skip a repeat). Firings written by hand as ``data`` entries are dispatched but not
-announced: they did not come from an engine.
+Once: script calls (one per ``CHUNK_BYTES`` or so of a batch's events, never splitting an
+entry's) append its events and record ``last_fired`` (global keys, one slot), then XACK
+acknowledges the batch on its outbox (the partition's slot: one script cannot touch both on
+Redis Cluster). A crash before a call announces nothing of its entries (the batch is
+redelivered). A crash after one, or an entry taken over from a live but stalled announcer
+(idle past ``claim_idle_ms``), runs the script again for the same entries: each outbox entry
+announced is remembered (``keys.announced``: a set per time slice of ``dedupe_ttl_s / 2``, the
+current and the previous one looked at), and an entry found there appends nothing, so each
+event is on the stream once (past that the engine's dedupe would still skip a repeat).
+Firings written by hand as ``data`` entries are dispatched but not announced: they did not
+come from an engine.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
+from itertools import repeat
 from typing import Any
 from uuid import UUID
 
@@ -91,7 +93,7 @@ def outbox_parts(fields: Mapping[bytes, bytes]) -> tuple[list[dict[str, Any]], b
     raw = fields.get(b"firings")
     if raw is not None:
         items = _json(raw, "firings")
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        if not isinstance(items, list) or not all(map(isinstance, items, repeat(dict))):
             raise OutboxEntryError("invalid firing: 'firings' is not a JSON list of objects")
         return items, fields.get(b"event")
     data = fields.get(b"data")
@@ -144,6 +146,7 @@ def _with_event(firing: dict[str, Any], event: Any) -> None:
 
 EVENT_NAMES = {"Triggered": b"prefect.automation.triggered",
                "Resolved": b"prefect.automation.resolved"}
+TRIGGERED = EVENT_NAMES["Triggered"]
 
 
 def related_of(event_id: bytes | None) -> bytes:
@@ -198,30 +201,27 @@ def triggered_event_json(
     event_id = firing.get("automation_triggered_event_id")
     if not isinstance(event_id, str):
         return None
-    states = firing.get("trigger_states") or ["Triggered"]
-    name = EVENT_NAMES.get(states[0], EVENT_NAMES["Triggered"])
+    states = firing.get("trigger_states")
+    name = EVENT_NAMES.get(states[0], TRIGGERED) if states else TRIGGERED
     if resource is None:
         resource = orjson.dumps(
             {"prefect.resource.id": f"prefect.automation.{firing.get('automation_id')}"})
+    labels = firing.get("triggering_labels")
     data = b"".join((
         b'{"id":', orjson.dumps(event_id), b',"occurred":', orjson.dumps(firing.get("triggered")),
         b',"event":"', name, b'","resource":', resource,
         b',"related":', related,
-        b',"payload":{"triggering_labels":', orjson.dumps(firing.get("triggering_labels") or {}),
+        b',"payload":{"triggering_labels":', orjson.dumps(labels) if labels else b"{}",
         b',"triggering_event":', event_raw if event_raw is not None else b"null",
-        b',"triggering_event_truncated":true' if cut else b"",
-        b'},"follows":null}',
+        b',"triggering_event_truncated":true},"follows":null}' if cut else b'},"follows":null}',
     ))
     return event_id.encode(), data
 
 
-# KEYS: events stream, last_fired hash, then each event's announced marker. ARGV: marker TTL
-# (s), #events, then (event id, JSON) pairs, then (automation id, ISO) pairs. Returns how many
-# events it appended (not those announced already).
 # KEYS: events stream, last_fired hash, the announced-entries sets of this slice and the one
 # before. ARGV: seconds a set lives, #entries, then per entry: its key, #events, (event id,
 # JSON) pairs; then (automation id, ISO) pairs. An entry already in either set (announced
-# before its ack was lost) appends nothing.
+# before its ack was lost) appends nothing. Returns how many events it appended.
 ANNOUNCE_LUA = """
 local ne = tonumber(ARGV[2])
 local at, added = 3, 0
@@ -245,6 +245,10 @@ end
 return added
 """
 ACK_CHUNK = 10_000
+CHUNK_BYTES = 1 << 20
+"""About this many bytes of events a script call. A batch's in one call (10 MB and more for
+1,000 entries that each fire several automations) cost 3-4x as much to pack per event (a fresh
+10 MB buffer, its pages faulted in), and no less in Redis."""
 SLICES = 2  # an announced-entries set lives two slices of dedupe_ttl_s / 2
 
 
@@ -296,43 +300,73 @@ class Announcer:
 
     async def handle_batch(self, entries: Sequence[Entry], *, outbox: str | None = None
                            ) -> list[Reject]:
-        """One script call for the batch's events and ``last_fired`` (for ``ls``) per
-        automation, then the ack of every entry on ``outbox`` (the partition's outbox they
-        were read from; the consumer does not ack them again)."""
+        """Script calls for the batch's events, the entries cut into calls of about
+        ``CHUNK_BYTES`` (an entry's events are never split: each call stays once-only on its
+        own), the last also setting ``last_fired`` (for ``ls``) per automation; then the ack
+        of every entry on ``outbox`` (the partition's outbox they were read from; the
+        consumer does not ack them again)."""
         outbox = self._outbox(outbox)
-        events: list[bytes | str | int] = []
-        announced = 0
+        fired: dict[str, int] = {}
         last_fired: dict[str, str] = {}
-        for entry in entries:
-            if b"firings" not in entry.fields:
-                continue  # a hand-written `data` firing: nothing to announce
-            try:
-                items, event_raw = outbox_parts(entry.fields)
-            except OutboxEntryError as exc:  # the dispatcher dead-letters it
-                log.warning("outbox entry %s not announced: %s", entry.id, exc)
-                continue
-            related = related_of(entry.fields.get(b"event_id"))
-            self._observe(entry, items, event_raw)
-            event_raw, cut = embeddable(event_raw)
-            made_here: list[bytes] = []
-            for item in items:
-                last_fired[str(item.get("automation_id"))] = str(item.get("triggered"))
-                made = triggered_event_json(item, event_raw, related,
-                                            self.resource_of(str(item.get("automation_id"))),
-                                            cut=cut)
-                if made is not None:
-                    made_here += made
-            if made_here:
-                events += [f"{outbox}:{entry.id}", len(made_here) // 2, *made_here]
-                announced += 1
-        pairs = [part for item in last_fired.items() for part in item]
-        if events or pairs:
-            added = await self._script(
-                keys=[self.keys.events, self.keys.last_fired, *self._slices()],
-                args=[SLICES * self._slice_s, announced, *events, *pairs])
-            self.announced += int(added)
+        call: list[bytes | str | int] = []
+        in_call = size = 0
+        try:
+            for entry in entries:
+                made = self._entry_events(entry, fired, last_fired)
+                if not made:
+                    continue
+                call += (f"{outbox}:{entry.id}", len(made) // 2, *made)
+                in_call += 1
+                size += sum(map(len, made))
+                if size >= CHUNK_BYTES:
+                    await self._announce(in_call, call, [])
+                    call, in_call, size = [], 0, 0
+            pairs = [part for item in last_fired.items() for part in item]
+            if call or pairs:
+                await self._announce(in_call, call, pairs)
+        finally:  # what was logged is counted, even when a call failed
+            for name, count in fired.items():
+                self.metrics.fired(name, count)
         await self._ack(outbox, [entry.id for entry in entries])
         return []
+
+    def _entry_events(self, entry: Entry, fired: dict[str, int], last_fired: dict[str, str]
+                      ) -> list[bytes]:
+        """The (event id, event JSON) pairs of an entry's firings, flat; each firing counted
+        in ``fired`` (per automation name), logged and noted in ``last_fired``."""
+        if b"firings" not in entry.fields:
+            return []  # a hand-written `data` firing: nothing to announce
+        try:
+            items, event_raw = outbox_parts(entry.fields)
+        except OutboxEntryError as exc:  # the dispatcher dead-letters it
+            log.warning("outbox entry %s not announced: %s", entry.id, exc)
+            return []
+        event_id = entry.fields.get(b"event_id")
+        related = related_of(event_id)
+        self._observe_latency(entry, items, event_raw)
+        event_raw, cut = embeddable(event_raw)
+        logged = log.isEnabledFor(logging.INFO)  # else the lines are not even built
+        triggering = (event_id or b"").decode(errors="replace") or None
+        made: list[bytes] = []
+        for item in items:
+            automation_id = str(item.get("automation_id"))
+            resource, name = self._automation(automation_id)
+            fired[name] = fired.get(name, 0) + 1
+            if logged:
+                _log_fired(item, name, automation_id, triggering)
+            last_fired[automation_id] = str(item.get("triggered"))
+            event = triggered_event_json(item, event_raw, related, resource, cut=cut)
+            if event is not None:
+                made += event
+        return made
+
+    async def _announce(self, entries: int, events: list[bytes | str | int], pairs: list[str]
+                        ) -> None:
+        """One script call: ``events`` holds (key, #events, event pairs) per entry."""
+        added = await self._script(
+            keys=[self.keys.events, self.keys.last_fired, *self._slices()],
+            args=[SLICES * self._slice_s, entries, *events, *pairs])
+        self.announced += int(added)
 
     def _slices(self) -> tuple[str, str]:
         """The announced-entries sets of the current time slice and the one before."""
@@ -351,38 +385,38 @@ class Announcer:
         for first in range(0, len(ids), ACK_CHUNK):
             await self.redis.xack(outbox, ANNOUNCE_GROUP, *ids[first:first + ACK_CHUNK])
 
-    def _observe(self, entry: Entry, items: list[dict[str, Any]], event_raw: bytes | None
-                 ) -> None:
-        """Count and log an entry's firings (one INFO line each, with its ids); the latency
-        runs from the event's ``occurred`` to the entry's time in the outbox."""
+    def _observe_latency(self, entry: Entry, items: list[dict[str, Any]],
+                         event_raw: bytes | None) -> None:
+        """From the event's ``occurred`` to the entry's time in the outbox, once per entry."""
         if event_raw is not None and items:
             occurred = occurred_s(event_raw)
             if occurred is not None:
                 self.metrics.event_fired(int(entry.id.partition("-")[0]) / 1000 - occurred)
-        event_id = (entry.fields.get(b"event_id") or b"").decode(errors="replace") or None
-        for item in items:
-            automation_id = str(item.get("automation_id"))
-            name = self._name(automation_id)
-            self.metrics.fired(name)
-            state = (item.get("trigger_states") or ["Triggered"])[0]
-            log.info("automation %r (%s) fired: firing %s, %s, event %s", name, automation_id,
-                     item.get("id"), state, event_id,
-                     extra={"automation": name, "automation_id": automation_id,
-                            "firing_id": item.get("id"), "event_id": event_id, "state": state})
 
-    def _name(self, automation_id: str) -> str:
-        """The automation's name (its id when it is unknown here), parsed once per version of
-        its resource; bounded by the number of automations."""
+    def _automation(self, automation_id: str) -> tuple[bytes | None, str]:
+        """The automation's resource (``None`` when it is unknown here) and name (its id
+        then), the name parsed once per version of its resource; bounded by the number of
+        automations."""
         resource = self.resource_of(automation_id)
         cached = self._names.get(automation_id)
         if cached is not None and cached[0] is resource:
-            return cached[1]
+            return cached
         name = automation_id
         if resource is not None:
             found = orjson.loads(resource).get(RESOURCE_NAME)
             name = found if isinstance(found, str) and found else automation_id
-        self._names[automation_id] = (resource, name)
-        return name
+        made = self._names[automation_id] = (resource, name)
+        return made
+
+
+def _log_fired(item: dict[str, Any], name: str, automation_id: str, event_id: str | None
+               ) -> None:
+    """A firing's INFO line, with its ids as ``extra`` fields."""
+    state = (item.get("trigger_states") or ["Triggered"])[0]
+    log.info("automation %r (%s) fired: firing %s, %s, event %s", name, automation_id,
+             item.get("id"), state, event_id,
+             extra={"automation": name, "automation_id": automation_id,
+                    "firing_id": item.get("id"), "event_id": event_id, "state": state})
 
 
 OCCURRED = b'"occurred":"'

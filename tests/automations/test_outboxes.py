@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from actions.models import CallWebhook
 from automations.cli.app import app
 from automations.dispatch.dispatcher import Dispatcher
+from automations.engine import outbox as outbox_module
 from automations.engine.outbox import Announcer
 from automations.insight.dead_letters import dead_keys, dead_streams, short_name
 from automations.keys import ANNOUNCE_GROUP, DISPATCH_GROUP, Keys, partition_of
@@ -211,4 +212,40 @@ async def test_a_batch_redelivered_after_its_announcement_is_not_announced_again
     await announcer.handle_batch([Entry(e.id, e.fields, 2) for e in entries], outbox=outbox)
     assert announcer.announced == 1
     assert await redis.xlen(keys3.events) == 1
+    assert (await redis.xpending(outbox, ANNOUNCE_GROUP))["pending"] == 0
+
+
+async def test_a_batch_cut_into_several_script_calls_announces_each_event_once(
+    redis: aioredis.Redis, settings3: Settings, keys3: Keys, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls of at most one entry each (``CHUNK_BYTES``): a batch whose first entries were
+    announced before (a crash before its ack) appends only the rest, in outbox order, and
+    every firing is counted once per handling."""
+    monkeypatch.setattr(outbox_module, "CHUNK_BYTES", 1)
+    automation_ids = [str(uuid4()), str(uuid4())]
+    outbox = keys3.partition(0).firings
+
+    def firing(automation_id: str) -> dict[str, Any]:
+        return {"id": str(uuid4()), "automation_id": automation_id, "trigger_id": str(uuid4()),
+                "triggered": datetime.now(UTC).isoformat(),
+                "automation_triggered_event_id": str(uuid4())}
+
+    made = [[firing(a) for a in automation_ids] for _ in range(4)]
+    for firings in made:
+        await redis.xadd(outbox, {b"firings": orjson.dumps(firings)})
+    announcer = Announcer(redis, settings3, keys=keys3, resource_of=lambda _: None)
+    [consumer] = [c for c in announcer.consumers if c.stream == outbox]
+    await consumer.ensure_group()
+    reply: Any = await redis.xreadgroup(ANNOUNCE_GROUP, "x", {outbox: ">"})
+    entries = [Entry(i.decode(), f, 1) for i, f in reply[0][1]]
+    await announcer.handle_batch(entries[:2], outbox=outbox)
+    await announcer.handle_batch([Entry(e.id, e.fields, 2) for e in entries], outbox=outbox)
+    assert announcer.announced == 8
+    raw: Any = await redis.xrange(keys3.events)
+    assert [f[b"id"].decode() for _, f in raw] == [
+        f["automation_triggered_event_id"] for firings in made for f in firings]
+    assert set(await redis.hgetall(keys3.last_fired)) == {a.encode() for a in automation_ids}
+    counted = {s.labels["automation"]: s.value for m in announcer.metrics.firings.collect()
+               for s in m.samples if s.name.endswith("_total")}
+    assert counted == {a: 6 for a in automation_ids}  # 2 + 4 entries handled, one firing each
     assert (await redis.xpending(outbox, ANNOUNCE_GROUP))["pending"] == 0
