@@ -129,9 +129,18 @@ def _model(data: dict[str, Any], raw: bytes) -> Incoming:
             raise InvalidEvent(f"{required}: required on the stream (emit() sets it)")
     event = Event.parse(data, depth_checked=True)  # ``_parse`` bounded the depth
     return Incoming(
-        id=str(event.id), name=event.event, occurred_us=micros(event.occurred),
-        follows=str(event.follows) if event.follows else None, raw=raw, event=event,
+        id=_text(data["id"], event.id), name=event.event, occurred_us=micros(event.occurred),
+        follows=_text(data.get("follows"), event.follows) if event.follows else None, raw=raw,
+        event=event,
     )
+
+
+def _text(value: Any, parsed: UUID) -> str:
+    """A UUID's canonical text: the JSON's own when it is canonical already (the usual case,
+    cheaper than ``UUID.__str__``), else the model's."""
+    if isinstance(value, str) and _canonical(value):
+        return value
+    return str(parsed)
 
 
 def decode_event(raw: bytes, index: NameIndex) -> Incoming:

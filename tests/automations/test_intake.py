@@ -81,6 +81,7 @@ async def test_an_event_far_ahead_of_the_clock_is_dead_lettered_and_blocks_nothi
     {},
     {"id": "0190D0A4-9C3E-7000-8000-00000000000A",
      "follows": "0190D0A4-9C3E-7000-8000-00000000000B"},
+    {"id": "0190d0a49c3e7000800000000000000d"},  # no dashes
     {"occurred": "2026-01-01T12:00:00"},  # naive: UTC
     {"occurred": "2026-01-01T14:00:00.123+02:00"},
     {"occurred": "1969-12-31T23:59:59.999999Z"},
