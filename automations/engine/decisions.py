@@ -163,9 +163,9 @@ class DecisionLog:
         self._open.pop(id(batch), None)
 
     def note(self, batch: object | None, event: Event, watching: Sequence[Step],
-             kept: Sequence[Step]) -> None:
+             kept: Sequence[Step], event_id: str | None = None) -> None:
         """One event of ``batch`` (None: of no begun batch): ``watching`` matched its name,
-        ``kept`` its resources too."""
+        ``kept`` its resources too (``event_id``: its id's text, when the caller has it)."""
         if not watching:
             return
         counted: dict[str, None] = {}
@@ -176,7 +176,7 @@ class DecisionLog:
             if spec.fires_at_once:
                 immediate[spec.automation_id] = None
         missed, missed_count = self._missed(watching, counted)
-        event_id = str(event.id)
+        event_id = event_id or str(event.id)
         found = self._open.get(id(batch)) if batch is not None else None
         if found is None and batch is not None:
             found = self._open[id(batch)] = _Batch(batch, (), [])

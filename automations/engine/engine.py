@@ -390,7 +390,7 @@ class Engine:
         """An event's operations (None when no trigger may care: no model was built)."""
         if item.event is None or item.name in SKIPPED_EVENTS:
             return None
-        return self._ops(item.event, batch)
+        return self._ops(item.event, batch, item.id)
 
     def _add(self, batches: dict[int, WindowBatch], ordered: Ordered, found: Matched,
              iso: str, partitions: Iterable[int] = ()) -> int:
@@ -432,13 +432,13 @@ class Engine:
                 raise result
             self.fired += result.fired
 
-    def _ops(self, event: Event, batch: Batch | None) -> Matched:
+    def _ops(self, event: Event, batch: Batch | None, event_id: str) -> Matched:
         """The event's operations: name-level work comes precomputed from the planner, only
         the resource check and ``for_each`` keys are per event (its decision noted for
         ``batch``, None: a follower released outside its batch)."""
         plan, steps = self._planner.match(event)
         if self._decisions is not None:
-            self._decisions.note(batch, event, plan.steps, steps)
+            self._decisions.note(batch, event, plan.steps, steps, event_id)
         if not steps:
             return []
         if plan.ordered and len(steps) > 1 and not all(s.spec.top_level for s in steps):
