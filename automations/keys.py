@@ -22,7 +22,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 ENGINE_GROUP = "engine"
 DISPATCH_GROUP = "dispatch"
-ANNOUNCE_GROUP = "announce"  # engines, on the firings stream (automations/engine/outbox.py)
+ANNOUNCE_GROUP = "announce"  # engines, on the firings stream (automations/engine/announcer.py)
 WORKERS_GROUP = "workers"
 
 
@@ -209,7 +209,7 @@ class Keys:
     def announced(self, slice_no: int) -> str:
         """Set of the outbox entries (``<outbox>:<entry id>``) the announcer published during
         time slice ``slice_no``: each once, though the entry is acked after
-        (``engine/outbox.py``)."""
+        (``engine/announcer.py``)."""
         return f"{self.g}:announced:{slice_no}"
 
     # actions (dispatcher)

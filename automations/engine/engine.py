@@ -35,10 +35,11 @@ import redis.asyncio as aioredis
 
 from automations.backoff import Backoff
 from automations.connection import CONNECTION_ERRORS
+from automations.engine.announcer import Announcer
 from automations.engine.decisions import DecisionLog
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
 from automations.engine.ordering import Ordered, Ordering, OrderReply, OrderResult
-from automations.engine.outbox import Announcer, automation_resource
+from automations.engine.outbox import automation_resource
 from automations.engine.plan import Planner, Step
 from automations.engine.specs import WindowSpec, window_specs
 from automations.engine.window import OpTemplate, Window, WindowBatch

@@ -8,7 +8,8 @@ from uuid import uuid4
 
 import orjson
 
-from automations.engine.outbox import Announcer, firings_of
+from automations.engine.announcer import Announcer
+from automations.engine.outbox import firings_of
 from automations.events import Event
 from automations.keys import ANNOUNCE_GROUP
 from tests.automations.engine_harness import Harness, automation, event

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from actions.models import CallWebhook
 from automations.cli.app import app
 from automations.dispatch.dispatcher import Dispatcher
-from automations.engine import outbox as outbox_module
-from automations.engine.outbox import Announcer
+from automations.engine import announcer as announcer_module
+from automations.engine.announcer import Announcer
 from automations.insight.dead_letters import dead_keys, dead_streams, short_name
 from automations.keys import ANNOUNCE_GROUP, DISPATCH_GROUP, Keys, partition_of
 from automations.models import Automation
@@ -221,7 +221,7 @@ async def test_a_batch_cut_into_several_script_calls_announces_each_event_once(
     """Calls of at most one entry each (``CHUNK_BYTES``): a batch whose first entries were
     announced before (a crash before its ack) appends only the rest, in outbox order, and
     every firing is counted once per handling."""
-    monkeypatch.setattr(outbox_module, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(announcer_module, "CHUNK_BYTES", 1)
     automation_ids = [str(uuid4()), str(uuid4())]
     outbox = keys3.partition(0).firings
 
