@@ -11,7 +11,9 @@ is atomic because it is part of the script). Child labels are merged into the pa
 
 The spec JSON, short because every script call decodes the specs its ops use (the timer
 reads the same JSON from ``keys.trigger_specs``, the global windows from
-``keys.proactive_globals``):
+``keys.proactive_globals``; a call's copy, ``call_json``, leaves out ``ix``, which only the
+timer reads, and an empty ``ch``, and names its links by ref: the siblings of a composite
+share them, and a call sends each once, see ``WindowSpec.links``):
 
 - ``a`` automation id, ``t`` trigger id, ``ix`` position in the automation's trigger walk
 - ``p`` 1 Proactive, 0 Reactive; ``th`` threshold; ``w`` within (us)
@@ -58,6 +60,7 @@ class WindowSpec:
     compiled: CompiledTrigger
     top_level: bool
     json: str
+    call_json: str  # what an ``apply`` call sends (see the module docstring)
     proactive: bool
     global_key: str | None  # the one bucket of a Proactive trigger without for_each/after
     ordinal: int  # position in the automation's trigger walk (evaluation order)
@@ -71,6 +74,7 @@ class WindowSpec:
     ref: str = ""
     partition: int = 0  # the automation's partition (``keys.partition_of``)
     state_keys: tuple[str, ...] = ()  # its composite hashes and global window keys
+    links: tuple[tuple[str, str], ...] = ()  # (ref, JSON) of each ``ch`` link, for a call
 
     @property
     def trigger_id(self) -> str:
@@ -103,6 +107,15 @@ def _chain_link(
     }
 
 
+def _call_body(body: dict[str, Any], link_refs: list[str]) -> dict[str, Any]:
+    """The spec less what an ``apply`` call never reads (every call decodes its specs), its
+    links by ref."""
+    call = {k: v for k, v in body.items() if k not in ("ix", "ch")}
+    if link_refs:
+        call["ch"] = link_refs
+    return call
+
+
 def immediate(trigger: EventTrigger) -> bool:
     """Reactive, ``within`` 0, threshold 1, no ``after``: every covered event fires it at
     once, so it needs no window state (only the dedupe and the outbox write)."""
@@ -116,6 +129,7 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
     aid = str(automation_id)
     keys = all_keys.of(automation_id)
     specs: list[WindowSpec] = []
+    links: dict[str, tuple[str, str]] = {}  # composite key -> (ref, link JSON)
     for ordinal, path in enumerate(all_event_triggers(trigger)):
         t = path.trigger
         tid = str(t.id)
@@ -137,6 +151,8 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
         }
         global_key = keys.bucket(aid, tid, "") if is_global else None
         state_keys = [link["k"] for link in body["ch"]]
+        chain = tuple(links.setdefault(link["k"], (str(next(_REFS)), orjson.dumps(link).decode()))
+                      for link in body["ch"])
         if global_key is not None:
             body["gk"] = global_key
             body["gu"] = keys.unresolved(aid, tid, "") if top_level else ""
@@ -147,6 +163,7 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
             compiled=t.compiled,
             top_level=top_level,
             json=orjson.dumps(body).decode(),
+            call_json=orjson.dumps(_call_body(body, [ref for ref, _ in chain])).decode(),
             proactive=proactive,
             global_key=global_key,
             ordinal=ordinal,
@@ -155,5 +172,6 @@ def window_specs(automation_id: UUID, trigger: Trigger, all_keys: Keys) -> list[
             ref=str(next(_REFS)),
             partition=keys.number,
             state_keys=tuple(state_keys),
+            links=chain,
         ))
     return specs

@@ -5,7 +5,7 @@ Every read-modify-write of a bucket happens inside one script call, and the scri
 makes a trigger fire also XADDs the ``Firing`` (firings stream, the outbox; the firings of
 one triggering event share an entry that holds the event once, see ``triggers.firing``): a
 crash can neither lose a firing nor produce it twice. Its ``prefect.automation.triggered``
-event and ``last_fired`` are written from the outbox by ``outbox.Announcer``. The
+event and ``last_fired`` are written from the outbox by ``announcer.Announcer``. The
 firings of triggers that keep no state (immediate and top level) are written by the engine
 (``WindowBatch.add_ready``) and only appended by the script if the event is new. ``apply``
 runs the part of an engine batch that concerns one partition in one call (dedupe in that
@@ -27,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
@@ -50,8 +51,10 @@ TICK_LIMIT = 500
 # An op template: what an (event, trigger) operation needs beyond the event, built once per
 # trigger and event name, or per ``for_each`` key (``plan.Step.keyed``), and shared by the
 # ops that use it. A plain tuple: a call carries ~2,000 ops, and as JSON objects they cost ~8%
-# more matching time and ~3% more Redis time (orjson serializes no NamedTuple). Positions, by
-# the names apply.lua gives them (its T_* locals, 1-based there):
+# more matching time and ~3% more Redis time (orjson serializes no NamedTuple); a call sends
+# its templates as one flat JSON array (a Lua table per template costs the script more than
+# the fields themselves). Positions, by the names apply.lua gives them (its T_* locals, 1-based
+# there, at ``(n - 1) * TEMPLATE_FIELDS`` for template n):
 T_SPEC: Final = 0  # ``WindowSpec.ref`` of the trigger
 T_BUCKET: Final = 1  # bucket key
 T_LABELS: Final = 2  # triggering labels JSON
@@ -60,18 +63,19 @@ T_AFTER: Final = 4  # the event opens a window
 T_EXPECT: Final = 5  # the event is counted
 T_UNRESOLVED: Final = 6  # Resolved counter key of a top-level proactive trigger ("" otherwise)
 OpTemplate = tuple[str, str, str, str, bool, bool, str]
+TEMPLATE_FIELDS: Final = 7
 
-
-class EventItem(TypedDict):
-    """One event of an ``apply`` call as the script reads it (its raw JSON and ready firings
-    travel apart, see ``Window.apply``)."""
-
-    id: str
-    occurred: int  # us
-    seen: str  # its dedupe key in the partition
-    asof: int  # the events clock once it is counted (us, ``ordering``)
-    ready: int  # firings the engine wrote for it (``add_ready``)
-    ops: list[int]  # its templates (1-based numbers into the call's templates), in order
+# One event of an ``apply`` call as the script reads it: a list of these fields, then its ops
+# (1-based numbers into the call's templates), in evaluation order. The call sends its events
+# as one flat JSON array (same reason as the templates); their raw JSON and ready firings
+# travel apart, see ``Window.apply``. Positions, as apply.lua's E_* locals (1-based there):
+E_ID: Final = 0  # event id
+E_OCCURRED: Final = 1  # occurred (us)
+E_SEEN: Final = 2  # its dedupe key in the partition
+E_ASOF: Final = 3  # the events clock once it is counted (us, ``ordering``)
+E_READY: Final = 4  # firings the engine wrote for it (``add_ready``)
+E_OPS: Final = 5  # how many ops follow
+EventItem = list[Any]
 
 
 def script_source(name: str) -> str:
@@ -83,14 +87,15 @@ def script_source(name: str) -> str:
 class WindowBatch:
     """The events of one ``apply`` call and their (event, trigger) operations, in order.
 
-    The script gets the specs as a JSON object by ``WindowSpec.ref``, the events as a list of
-    ``EventItem`` objects (read by name: ``e.seen``, ``e.ops``...), each listing its ops as
-    numbers into the list of ``OpTemplate`` arrays (read by position: ``o[T_BUCKET]``...);
-    the top of ``apply.lua`` lists the same fields."""
+    The script gets the specs as a JSON object by ``WindowSpec.ref`` (and their composite
+    links by ref, ``WindowSpec.links``), the events (``EventItem`` lists, each with its ops
+    as numbers into the templates) and the ``OpTemplate`` fields as two flat arrays, read by
+    position; the top of ``apply.lua`` lists the same fields."""
 
     keys: PartitionKeys
     declare: bool = False  # list every key touched (``declared``), for a Redis Cluster
     specs: dict[str, str] = field(default_factory=dict)  # ref -> spec JSON
+    links: dict[str, str] = field(default_factory=dict)  # ref -> composite link JSON
     events: list[EventItem] = field(default_factory=list)
     raws: list[bytes] = field(default_factory=list)
     ready: list[list[str]] = field(default_factory=list)  # per event: firings written here
@@ -120,10 +125,7 @@ class WindowBatch:
         """Add an event; returns its number for ``add_op``. ``asof_us``: the events clock
         once it is counted."""
         seen = self.keys.seen(event_id)
-        self.events.append({
-            "id": event_id, "occurred": occurred_us, "seen": seen, "asof": asof_us,
-            "ready": 0, "ops": [],
-        })
+        self.events.append([event_id, occurred_us, seen, asof_us, 0, 0])
         if self.declare:
             self.declared.append(seen)
         self.raws.append(raw)
@@ -135,7 +137,7 @@ class WindowBatch:
         here, appended by the script to the event's outbox entry if the event is new."""
         self.ready[event_no - 1].append(ready_firing_json(
             self.new_id(), spec.ids_json, self.iso, template[T_LABELS], self.new_id()))
-        self.events[event_no - 1]["ready"] += 1
+        self.events[event_no - 1][E_READY] += 1
         self.op_count += 1
 
     def add_op(self, event_no: int, spec: WindowSpec, template: OpTemplate) -> None:
@@ -143,7 +145,9 @@ class WindowBatch:
         depends on the trigger, the event name and the bucket; ops sharing one template object
         send it once."""
         if spec.ref not in self.specs:
-            self.specs[spec.ref] = spec.json
+            self.specs[spec.ref] = spec.call_json
+            for ref, link in spec.links:
+                self.links[ref] = link
             if self.declare:
                 self.declared.extend(spec.state_keys)
         template_no = self._template_no.get(id(template))
@@ -153,7 +157,9 @@ class WindowBatch:
             if self.declare:
                 self.declared.extend(k for k in (template[T_BUCKET], template[T_HELD],
                                                  template[T_UNRESOLVED]) if k)
-        self.events[event_no - 1]["ops"].append(template_no)
+        event = self.events[event_no - 1]
+        event.append(template_no)
+        event[E_OPS] += 1
         self.op_count += 1
 
 
@@ -235,12 +241,15 @@ class Window:
             return ApplyResult(0, 0)
         part = batch.keys
         specs = ",".join(f'"{ref}":{json}' for ref, json in batch.specs.items())
+        links = ",".join(f'"{ref}":{json}' for ref, json in batch.links.items())
         keys = self._static_keys(part)
         if batch.declare:
             keys += batch.declared
         reply: list[Any] = await self._apply(keys=keys, args=[
-            self._header(part, now), "{" + specs + "}", orjson.dumps(batch.events),
-            orjson.dumps(batch.templates), *batch.raws,
+            self._header(part, now), "{" + specs + "}",
+            orjson.dumps(list(chain.from_iterable(batch.events))),
+            orjson.dumps(list(chain.from_iterable(batch.templates))), "{" + links + "}",
+            *batch.raws,
             *[",".join(firings) for firings in batch.ready],
         ])
         fired, evaluated = reply  # apply.lua's reply, in order

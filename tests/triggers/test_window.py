@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from automations.engine.window import WindowBatch, script_source
 from automations.events import from_micros, micros
-from tests.automations.engine_harness import Clock, Harness, automation, event
+from tests.automations.engine_harness import Clock, Harness, at, automation, event
 
 FAILED = "prefect.flow-run.Failed"
 
@@ -115,3 +115,22 @@ async def test_bucket_snapshot(h: Harness) -> None:
     assert bucket.labels == {"prefect.resource.id": "run-1"}
     assert "count=2" in repr(bucket)
     assert await h.engine.window.bucket(key + "x") is None
+
+
+async def test_a_call_writes_and_drops_buckets_in_chunks(h: Harness) -> None:
+    """Deadlines and deletions go in batched commands: more than one chunk's worth of them in
+    one call (1,000 events a batch) lands whole."""
+    await h.load(automation({
+        "posture": "Reactive", "expect": [FAILED], "threshold": 2, "within": 0,
+        "for_each": ["prefect.resource.id"],
+    }))
+    deadlines = h.keys.partition(0).deadlines
+    assert await h.send(*[event(FAILED, i / 1000, f"run-{i}") for i in range(1200)]) == []
+    due = await h.redis.zrange(deadlines, 0, -1, withscores=True)
+    assert sorted(int(score) for _, score in due) == [
+        micros(at(i / 1000)) + 60_000_000 for i in range(1200)]  # its end plus the sweep
+    assert len(await _state_keys(h.redis, h.keys.prefix)) == 1200
+    fired = await h.send(*[event(FAILED, 2 + i / 1000, f"run-{i}") for i in range(1200)])
+    assert len(fired) == 1200
+    assert await _state_keys(h.redis, h.keys.prefix) == []
+    assert await h.redis.zcard(deadlines) == 0

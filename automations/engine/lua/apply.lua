@@ -2,16 +2,20 @@
 -- (common.lua is prepended.) window.py builds the inputs (WindowBatch, EventItem, OpTemplate)
 -- with the names used here.
 --
--- ARGV[2] specs: JSON object, WindowSpec.ref -> spec (fields: automations/engine/specs.py).
--- ARGV[3] events, in evaluation order (engine/ordering.py decided it), one object each:
---   id                event id
---   occurred          occurred (us)
---   seen              its dedupe key in this partition
---   asof              the events clock (us) once it is counted
---   ready             how many firings the engine wrote for it (triggers keeping no state)
---   ops               its op templates (numbers into ARGV[4]), in evaluation order
--- ARGV[4] op templates, shared by the ops that use them: arrays (ops are most of a call and
---   objects would cost ~3% more here), positions named as in window.py:
+-- ARGV[2] specs: JSON object, WindowSpec.ref -> spec (fields: automations/engine/specs.py),
+--   its `ch` a list of refs into ARGV[5].
+-- ARGV[3] events, in evaluation order (engine/ordering.py decided it), as one flat JSON array
+--   (a table per event or template would cost more than its fields): per event these fields
+--   (E_* offsets, named as in window.py), then its E_OPS op templates (numbers into ARGV[4]),
+--   in evaluation order:
+--   E_ID              event id
+--   E_OCCURRED        occurred (us)
+--   E_SEEN            its dedupe key in this partition
+--   E_ASOF            the events clock (us) once it is counted
+--   E_READY           how many firings the engine wrote for it (triggers keeping no state)
+--   E_OPS             how many ops follow
+-- ARGV[4] op templates, shared by the ops that use them, as one flat JSON array: template n's
+--   fields at (n - 1) * TEMPLATE_FIELDS + these offsets, named as in window.py:
 --   T_SPEC            the trigger's spec (a key of ARGV[2])
 --   T_BUCKET          bucket key
 --   T_LABELS          triggering labels JSON
@@ -19,7 +23,8 @@
 --   T_AFTER           true: the event opens a window
 --   T_EXPECT          true: the event is counted
 --   T_UNRESOLVED      Resolved counter key of a top-level proactive trigger, else ""
--- ARGV[5 ..] the raw JSON of every event (passed apart: not escaped into ARGV[3]), then per
+-- ARGV[5] the specs' composite links: JSON object, ref -> link (shared by siblings, sent once)
+-- ARGV[6 ..] the raw JSON of every event (passed apart: not escaped into ARGV[3]), then per
 --   event its ready firings (comma-joined JSON objects, "" if none), appended to its outbox
 --   entry if the event is new.
 -- KEYS: on a Redis Cluster every key the call touches (Redis then refuses the call as a whole
@@ -28,13 +33,23 @@
 local SPECS = cjson.decode(ARGV[2])
 local EVS = cjson.decode(ARGV[3])
 local TPL = cjson.decode(ARGV[4])
+local E_ID, E_OCCURRED, E_SEEN, E_ASOF, E_READY, E_OPS = 0, 1, 2, 3, 4, 5
+local E_FIELDS = 6
 local T_SPEC, T_BUCKET, T_LABELS, T_HELD, T_AFTER, T_EXPECT, T_UNRESOLVED = 1, 2, 3, 4, 5, 6, 7
-local RAW_AT = 4  -- ARGV[RAW_AT + i]: event i's raw JSON
-local READY_AT = RAW_AT + #EVS  -- ARGV[READY_AT + i]: event i's ready firings
+local TEMPLATE_FIELDS = 7
+local LINKS = cjson.decode(ARGV[5])
+for _, sp in pairs(SPECS) do  -- each spec's chain: its links
+  local chain = sp.ch
+  if chain then
+    for i = 1, #chain do chain[i] = LINKS[chain[i]] end
+  end
+end
+local RAW_AT = 5  -- ARGV[RAW_AT + i]: event i's raw JSON
+local READY_AT = RAW_AT + (#ARGV - RAW_AT) / 2  -- ARGV[READY_AT + i]: event i's ready firings
 
 local function hold(hk, sp, ev)
-  redis.call('ZADD', hk, fmt(ev.t), ev.id .. ' ' .. ev.raw)
-  redis.call('PEXPIRE', hk, math.floor((sp.w + H.held_keep) / 1000) + 3600000)
+  rcall('ZADD', hk, fmt(ev.t), ev.id .. ' ' .. ev.raw)
+  rcall('PEXPIRE', hk, math.floor((sp.w + H.held_keep) / 1000) + 3600000)
 end
 
 -- Opens a window (the caller checked that none is open), counting held expect events.
@@ -49,10 +64,10 @@ end
 -- Resolved (DESIGN.md section 5): after a top-level proactive firing for a key, the next
 -- `threshold` expected events of that key resolve it.
 local function resolve(sp, u, lb, ev)
-  local left = redis.call('DECR', u)
+  local left = rcall('DECR', u)
   if left > 0 then return end
-  redis.call('DEL', u)
-  publish(sp, lb, ev.raw, ev.id, '[]', frag(sp.a, sp.t), 'Resolved')
+  rcall('DEL', u)
+  publish(sp, lb, ev.raw, ev.id, '[]', sp.t, 'Resolved')
 end
 
 -- The per-event algorithm of reference 3.3 (triggers/reference.py point 3) for one
@@ -62,7 +77,7 @@ local function on_event(sp, key, lb, hk, u, ev)
     fire(sp, {lb = lb, u = u}, ev.raw, ev.id)
     return
   end
-  if ev.E and u ~= '' and redis.call('EXISTS', u) == 1 then resolve(sp, u, lb, ev) end
+  if ev.E and u ~= '' and rcall('EXISTS', u) == 1 then resolve(sp, u, lb, ev) end
   local b = live_bucket(sp, key, lb, u)
   if b and sp.af == 1 and not (sp.p == 0 and sp.w == 0) and b.e <= ev.t then
     -- an event at or beyond the end of an `after` window closes it first
@@ -103,26 +118,33 @@ end
 
 local evaluated = 0
 local globals_done = false
-for ei = 1, #EVS do
-  local e = EVS[ei]
+local SEEN_TTL = fmt(H.ttl)  -- a number argument would be formatted per call
+local at, ei = 1, 0  -- EVS[at]: the first field of event ei + 1
+while at <= #EVS do
+  ei = ei + 1
+  local first, last = at + E_FIELDS, at + E_FIELDS + EVS[at + E_OPS] - 1  -- its ops
+  local id, ready = EVS[at + E_ID], EVS[at + E_READY]
   local raw = ARGV[RAW_AT + ei]
-  if redis.call('SET', e.seen, '1', 'NX', 'EX', H.ttl) then
+  if rcall('SET', EVS[at + E_SEEN], '1', 'NX', 'EX', SEEN_TTL) then
     evaluated = evaluated + 1
-    ASOF = e.asof
+    ASOF = EVS[at + E_ASOF]
     if not globals_done then ensure_globals(); globals_done = true end
-    if e.ready > 0 then  -- firings the engine wrote (triggers that keep no state)
-      out_entry(e.id, raw)
-      OUT[#OUT + 1] = ARGV[READY_AT + ei]
-      FIRED = FIRED + e.ready
+    if ready > 0 then  -- firings the engine wrote (triggers that keep no state)
+      out_entry(id, raw)
+      out_add(ARGV[READY_AT + ei])
+      FIRED = FIRED + ready
     end
     -- one event table per event, its per-trigger fields set per op (nothing keeps it)
-    local ev = {id = e.id, t = e.occurred, raw = raw, A = false, E = false, hk = ''}
-    for _, n in ipairs(e.ops) do
-      local o = TPL[n]
-      ev.A = o[T_AFTER]; ev.E = o[T_EXPECT]; ev.hk = o[T_HELD]
-      on_event(SPECS[o[T_SPEC]], o[T_BUCKET], o[T_LABELS], o[T_HELD], o[T_UNRESOLVED], ev)
+    local ev = {id = id, t = EVS[at + E_OCCURRED], raw = raw, A = false, E = false, hk = ''}
+    for k = first, last do
+      local o = (EVS[k] - 1) * TEMPLATE_FIELDS
+      local hk = TPL[o + T_HELD]
+      ev.A = TPL[o + T_AFTER]; ev.E = TPL[o + T_EXPECT]; ev.hk = hk
+      on_event(SPECS[TPL[o + T_SPEC]], TPL[o + T_BUCKET], TPL[o + T_LABELS], hk,
+               TPL[o + T_UNRESOLVED], ev)
     end
   end
+  at = last + 1
 end
 
 flush()

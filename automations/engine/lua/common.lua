@@ -4,7 +4,8 @@
 -- outbox) are a single atomic step.
 --
 -- Times are integer microseconds (exact in a Lua double); they are always written with
--- fmt() because Redis would format a Lua number with 14 significant digits.
+-- fmt() because Redis would format a Lua number with 14 significant digits ('%d': integers
+-- only, formatted exactly and at half the cost of '%.0f').
 --
 -- One call touches one partition (its keys share a hash tag). ARGV[1] is the header, a JSON
 -- object (window.py, Window._header), the same for both scripts:
@@ -22,6 +23,9 @@
 --   ttl        s an event stays marked seen
 --   asof       tick.lua only: the events clock "as of" time (us)
 -- Spec fields (sp.a, sp.th, sp.ch...) are listed in automations/engine/specs.py.
+-- Library functions the hot paths call, as locals (a global is a table lookup per use).
+local rcall, sformat, tconcat, ssub = redis.call, string.format, table.concat, string.sub
+local tonumber, ipairs, pairs, type, unpack = tonumber, ipairs, pairs, type, unpack
 local H = cjson.decode(ARGV[1])
 local NOW = H.now
 local ISO = H.iso
@@ -34,16 +38,18 @@ local FMT = {}
 local function fmt(n)
   local s = FMT[n]
   if not s then
-    s = string.format('%.0f', n)
+    s = sformat('%d', n)
     FMT[n] = s
   end
   return s
 end
 
--- A fresh UUID per call: the batch's uuid7 base plus a counter in the last 8 hex digits.
+-- A fresh UUID per call: the batch's uuid7 base (IDB) plus a counter in the last 8 hex digits.
+-- newid() gives those digits: the firing JSON takes the two as pieces (see firing_json).
+local IDB = H.idb
 local function newid()
   SEQ = SEQ + 1
-  return H.idb .. string.format('%08x', SEQ)
+  return sformat('%08x', SEQ)
 end
 
 -- Bucket: s, e (window [s, e)), c (count), l/i (last event JSON and id, proactive only),
@@ -71,7 +77,7 @@ end
 local function read_bucket(key)
   local cached = CACHE[key]
   if cached ~= nil then return cached or nil end
-  local v = redis.call('HMGET', key, 's', 'e', 'c', 'l', 'i', 'lb', 't', 'u')
+  local v = rcall('HMGET', key, 's', 'e', 'c', 'l', 'i', 'lb', 't', 'u')
   if not v[1] then
     CACHE[key] = false
     return nil
@@ -90,14 +96,15 @@ end
 local function read_window(key, lb, u)
   local cached = CACHE[key]
   if cached ~= nil then return cached or nil end
-  local v = redis.call('HMGET', key, 's', 'e', 'c')
+  local v = rcall('HMGET', key, 's', 'e', 'c')
   if not v[1] then
     CACHE[key] = false
     return nil
   end
   local e = tonumber(v[2])
+  -- sp and dirty are set by save: listed here, the table is built at its final size
   local b = {key = key, s = tonumber(v[1]), e = e, e0 = e, c = tonumber(v[3]), lb = lb, u = u,
-             lknown = false}
+             lknown = false, sp = false, dirty = false}
   STORED[key] = true
   CACHE[key] = b
   return b
@@ -106,7 +113,7 @@ end
 -- The last event of a stored bucket (unchanged in Redis until the flush).
 local function last_of(b)
   if not b.lknown then
-    local v = redis.call('HMGET', b.key, 'l', 'i')
+    local v = rcall('HMGET', b.key, 'l', 'i')
     b.l = v[1] or nil
     b.i = v[2] or nil
     b.lknown = true
@@ -141,25 +148,45 @@ local function save(sp, b)
 end
 
 -- Writes what changed: per bucket one HSET (after a DEL when a stored bucket was replaced),
--- and a ZADD only when the deadline moved.
-local function write(b)
-  local sp = b.sp
-  local args = {'HSET', b.key, 's', fmt(b.s), 'e', fmt(b.e), 'c', fmt(b.c)}
+-- and its deadline, only when it moved, into `due` (score, key pairs: flush adds them).
+local function write(b, due)
+  local sp, key = b.sp, b.key
+  local s, e, c = fmt(b.s), fmt(b.e), fmt(b.c)
+  local last = b.l and (b.fresh or b.ldirty)
   if b.fresh then
-    if STORED[b.key] then redis.call('DEL', b.key) end
-    args[9] = 'lb'; args[10] = b.lb; args[11] = 't'; args[12] = sp.t; args[13] = 'u'
-    args[14] = b.u
+    if STORED[key] then rcall('DEL', key) end
+    if last then
+      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb, 't', sp.t, 'u', b.u,
+            'l', b.l, 'i', b.i)
+    else
+      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb, 't', sp.t, 'u', b.u)
+    end
+  elseif last then
+    rcall('HSET', key, 's', s, 'e', e, 'c', c, 'l', b.l, 'i', b.i)
+  else
+    rcall('HSET', key, 's', s, 'e', e, 'c', c)
   end
-  if b.l and (b.fresh or b.ldirty) then
-    local n = #args
-    args[n + 1] = 'l'; args[n + 2] = b.l; args[n + 3] = 'i'; args[n + 4] = b.i
-  end
-  redis.call(unpack(args))
   if b.fresh or b.e ~= b.e0 then
     -- Proactive buckets are due at their end; reactive ones are swept a while after it.
-    local due = b.e
-    if sp.p == 0 then due = b.e + H.sweep end
-    redis.call('ZADD', H.dl, fmt(due), b.key)
+    local at = b.e
+    if sp.p == 0 then at = b.e + H.sweep end
+    local n = #due
+    due[n + 1] = fmt(at)
+    due[n + 2] = key
+  end
+end
+
+-- `cmd` (on `key` unless nil) with every item of `items` as arguments, in chunks that unpack
+-- can take (even-sized: ZADD's score, member pairs stay whole).
+local function batched(cmd, key, items)
+  local n = #items
+  for i = 1, n, 1000 do
+    local j = math.min(i + 999, n)
+    if key then
+      rcall(cmd, key, unpack(items, i, j))
+    else
+      rcall(cmd, unpack(items, i, j))
+    end
   end
 end
 
@@ -176,77 +203,168 @@ end
 -- Opens the global window of Proactive triggers without for_each and without after if it is
 -- missing (reference point 4: at the first event or timer tick after the trigger is loaded).
 local function ensure_globals()
-  local gl = redis.call('HGETALL', H.gl)
+  local gl = rcall('HGETALL', H.gl)
   for j = 2, #gl, 2 do
     local sp = cjson.decode(gl[j])
     local cached = CACHE[sp.gk]
     local present = cached
-    if cached == nil then present = redis.call('EXISTS', sp.gk) == 1 end
+    if cached == nil then present = rcall('EXISTS', sp.gk) == 1 end
     if not present then
       save(sp, new_bucket(sp, sp.gk, '{}', sp.gu, ASOF, ASOF + sp.w, 0, nil))
     end
   end
 end
 
--- The automation and trigger id fields of a firing.
-local function frag(a, t)
-  return '"automation_id":"' .. a .. '","trigger_id":"' .. t .. '"'
+-- Firing JSON (triggers/firing.py shape) in the compact outbox form (no `triggering_event`:
+-- the entry's `event` field holds it once for all the entry's firings), appended as pieces to
+-- P after its n-th: returns the new count. Lua hashes every byte of every string it makes, so
+-- JSON is built as pieces and joined once, by the outbox entry or a child's `fj`. `fid`, `aeid`:
+-- newid() digits (aeid nil: null); `tf` the triggering firings: '[]', or the child items
+-- (tf_json; `evid`: the entry's event id, whose children take the short form); `open`: without
+-- the closing brace (child_json appends the event).
+local firing_json  -- defined below: the children's JSON it lists (tf_json) calls it back
+
+local function firing_tail(P, n, aeid, open)
+  if aeid then
+    P[n + 1] = ',"automation_triggered_event_id":"'; P[n + 2] = IDB; P[n + 3] = aeid
+    P[n + 4] = '"'
+    n = n + 4
+  else
+    n = n + 1
+    P[n] = ',"automation_triggered_event_id":null'
+  end
+  if open then return n end
+  P[n + 1] = '}'
+  return n + 1
 end
 
--- Firing JSON (triggers/firing.py shape). `evraw` false: the compact outbox form, where the
--- triggering event is the entry's `event` field, stored once for all the entry's firings.
-local function firing_json(ff, lb, evraw, tf, aeid, state)
-  local ae = 'null'
-  if aeid then ae = '"' .. aeid .. '"' end
-  local tail = ',"automation_triggered_event_id":' .. ae .. '}'
-  local te = ''
-  if evraw ~= false then te = ',"triggering_event":' .. (evraw or 'null') end
-  return '{"id":"' .. newid() .. '",' .. ff .. ',"trigger_states":["' .. (state or 'Triggered')
-    .. '"],"triggered":"' .. ISO .. '","triggering_labels":' .. lb .. te
-    .. ',"triggering_firings":' .. tf .. tail
+-- A child firing: `fj` is its JSON without `triggering_event` (a child fired in this call
+-- keeps the parts of it instead, `fid`, `a`, `id`, `lb`, `tf`, until fj_of makes it),
+-- `eid`/`raw` that event's id and JSON (nil: none). `child_json` appends the JSON with the
+-- event to the pieces P; the parent's firing in the outbox may list a child in the short form
+-- (`short_json`) when the child's event is the entry's event (triggers/firing.py fills it
+-- in), so the ~1 KB event is not copied into every child.
+local function fj_of(it)
+  if not it.fj then
+    local P = {}
+    local n = firing_json(P, 0, it.fid, it.a, it.id, it.lb, it.tf, nil, 'Triggered')
+    it.fj = tconcat(P, '', 1, n)
+  end
+  return it.fj
+end
+
+local function short_json(P, n, it)
+  if it.fj then
+    P[n + 1] = it.fj
+    return n + 1
+  end
+  return firing_json(P, n, it.fid, it.a, it.id, it.lb, it.tf, nil, 'Triggered')
+end
+
+local function child_json(P, n, it)
+  if it.fj then
+    n = n + 1
+    P[n] = ssub(it.fj, 1, -2)
+  else
+    n = firing_json(P, n, it.fid, it.a, it.id, it.lb, it.tf, nil, 'Triggered', true)
+  end
+  P[n + 1] = ',"triggering_event":'; P[n + 2] = it.raw or 'null'; P[n + 3] = '}'
+  return n + 3
+end
+
+-- The triggering firings list of a composite firing: its child items, in declared order.
+local function tf_json(P, n, items, evid)
+  n = n + 1
+  P[n] = '['
+  for k = 1, #items do
+    local it = items[k]
+    if k > 1 then
+      n = n + 1
+      P[n] = ','
+    end
+    if evid and it.eid == evid then
+      n = short_json(P, n, it)
+    else
+      n = child_json(P, n, it)
+    end
+  end
+  P[n + 1] = ']'
+  return n + 1
+end
+
+function firing_json(P, n, fid, a, t, lb, tf, aeid, state, open, evid)
+  P[n + 1] = '{"id":"'; P[n + 2] = IDB; P[n + 3] = fid; P[n + 4] = '","automation_id":"'
+  P[n + 5] = a; P[n + 6] = '","trigger_id":"'; P[n + 7] = t; P[n + 8] = '","trigger_states":["'
+  P[n + 9] = state; P[n + 10] = '"],"triggered":"'; P[n + 11] = ISO
+  P[n + 12] = '","triggering_labels":'; P[n + 13] = lb; P[n + 14] = ',"triggering_firings":'
+  if tf == '[]' then
+    P[n + 15] = tf
+    n = n + 15
+  else
+    n = tf_json(P, n + 14, tf, evid)
+  end
+  return firing_tail(P, n, aeid, open)
 end
 
 -- The outbox entry being built: consecutive firings with the same triggering event share one
 -- firings-stream entry (fields `firings`, the JSON list, and `event`/`event_id` when there is
--- an event), so the ~1 KB event is written once however many automations it fires.
+-- an event), so the ~1 KB event is written once however many automations it fires. OUT holds
+-- the pieces of the list (its first OUT_N count; the table is reused across entries).
 local OUT = {}
+local OUT_N = 0
 local OUT_ID = nil
 local OUT_RAW = nil
 
 local function flush_outbox()
-  if #OUT == 0 then return end
+  if OUT_N == 0 then return end
+  OUT[OUT_N + 1] = ']'
+  local firings = tconcat(OUT, '', 1, OUT_N + 1)
+  OUT_N = 0
   -- no MAXLEN here: the consumers trim the stream, never past a pending entry
   if OUT_RAW then
-    redis.call('XADD', H.fs, '*', 'firings', '[' .. table.concat(OUT, ',') .. ']',
-               'event', OUT_RAW, 'event_id', OUT_ID)
+    rcall('XADD', H.fs, '*', 'firings', firings, 'event', OUT_RAW, 'event_id', OUT_ID)
   else
-    redis.call('XADD', H.fs, '*', 'firings', '[' .. table.concat(OUT, ',') .. ']')
+    rcall('XADD', H.fs, '*', 'firings', firings)
   end
-  OUT = {}
 end
 
 -- Firings that follow go to the entry of this triggering event (a new one unless the
 -- current entry is that event's).
 local function out_entry(evid, evraw)
   local group = evid or ''
-  if group ~= OUT_ID or #OUT == 0 then
+  if group ~= OUT_ID or OUT_N == 0 then
     flush_outbox()
     OUT_ID = group
     OUT_RAW = evraw
   end
 end
 
+-- Opens the next firing of the entry in hand: its list's bracket or a comma.
+local function out_next()
+  if OUT_N == 0 then OUT[1] = '[' else OUT[OUT_N + 1] = ',' end
+  OUT_N = OUT_N + 1
+end
+
+-- Firings JSON already made (comma-joined) joins the entry in hand.
+local function out_add(firings)
+  out_next()
+  OUT_N = OUT_N + 1
+  OUT[OUT_N] = firings
+end
+
 -- The outbox: the firing goes to the firings stream; its prefect.automation.triggered/resolved
 -- event (reference 3.13) and `last_fired` (for `ls`) are written from that entry by the
--- engines' announcer (automations/announce.py), with the event id chosen here. A Triggered
+-- engines' announcer (automations/engine/announcer.py), with the event id chosen here. A Triggered
 -- top-level proactive firing arms its key's Resolved counter (DESIGN.md section 5).
-local function publish(sp, lb, evraw, evid, tf, ff, state, u)
+local function publish(sp, lb, evraw, evid, tf, t, state, u)
   state = state or 'Triggered'
   if state ~= 'Resolved' and u and u ~= '' then
-    redis.call('SET', u, sp.th, 'EX', H.uttl)
+    rcall('SET', u, sp.th, 'EX', H.uttl)
   end
   out_entry(evid, evraw)
-  OUT[#OUT + 1] = firing_json(ff, lb, false, tf, newid(), state)
+  local aeid = newid()
+  out_next()
+  OUT_N = firing_json(OUT, OUT_N, newid(), sp.a, t, lb, tf, aeid, state, false, evid)
   FIRED = FIRED + 1
 end
 
@@ -262,14 +380,6 @@ local function merge_labels(items)
   return cjson.encode(merged)
 end
 
--- A child firing: `fj` is its JSON without `triggering_event`, `eid`/`raw` that event's id
--- and JSON (nil: none). `child_json` gives the JSON with the event; the parent's firing in the
--- outbox may list a child in the short form when the child's event is the entry's event
--- (triggers/firing.py fills it in), so the ~1 KB event is not copied into every child.
-local function child_json(it)
-  return string.sub(it.fj, 1, -2) .. ',"triggering_event":' .. (it.raw or 'null') .. '}'
-end
-
 -- One composite level (reference 3.11, point 8): keep the latest firing per child in a hash,
 -- drop the ones older than within (wall clock), check readiness and clear, all inside this
 -- script. Stored value: "<fired us> <#labels> <#event id> <#json> <labels><event id><json>
@@ -281,17 +391,17 @@ local function composite_state(c)
   local st = COMPOSITES[c.k]
   if st then return st end
   st = {c = c, items = {}, loaded = {}, stored = false, dirty = false}
-  local all = redis.call('HGETALL', c.k)
+  local all = rcall('HGETALL', c.k)
   for j = 1, #all, 2 do
     local v = all[j + 1]
     local t, nl, ni, nj, at = string.match(v, '^(%d+) (%d+) (%d+) (%d+) ()')
     nl, ni, nj = tonumber(nl), tonumber(ni), tonumber(nj)
-    local it = {id = all[j], t = tonumber(t), lb = string.sub(v, at, at + nl - 1)}
+    local it = {id = all[j], t = tonumber(t), lb = ssub(v, at, at + nl - 1)}
     at = at + nl
-    if ni > 0 then it.eid = string.sub(v, at, at + ni - 1) end
+    if ni > 0 then it.eid = ssub(v, at, at + ni - 1) end
     at = at + ni
-    it.fj = string.sub(v, at, at + nj - 1)
-    local raw = string.sub(v, at + nj)
+    it.fj = ssub(v, at, at + nj - 1)
+    local raw = ssub(v, at + nj)
     if raw ~= '' then it.raw = raw end
     st.items[all[j]] = it
     st.loaded[all[j]] = true
@@ -335,57 +445,61 @@ end
 local function flush_composite(st)
   local hk = st.c.k
   if next(st.items) == nil then
-    if st.stored then redis.call('DEL', hk) end
+    if st.stored then rcall('DEL', hk) end
     return
   end
   local gone = {}
   for id in pairs(st.loaded) do
     if not st.items[id] then gone[#gone + 1] = id end
   end
-  if #gone > 0 then redis.call('HDEL', hk, unpack(gone)) end
+  if #gone > 0 then rcall('HDEL', hk, unpack(gone)) end
   local args = {'HSET', hk}
   for _, id in ipairs(st.c.o) do
     local it = st.items[id]
     if it and it.new then
       args[#args + 1] = id
       local eid = it.eid or ''
-      args[#args + 1] = fmt(it.t) .. ' ' .. #it.lb .. ' ' .. #eid .. ' ' .. #it.fj .. ' '
-        .. it.lb .. eid .. it.fj .. (it.raw or '')
+      local fj = fj_of(it)
+      args[#args + 1] = fmt(it.t) .. ' ' .. #it.lb .. ' ' .. #eid .. ' ' .. #fj .. ' '
+        .. it.lb .. eid .. fj .. (it.raw or '')
     end
   end
-  if #args > 2 then redis.call(unpack(args)) end
-  if st.c.w >= 0 then redis.call('PEXPIRE', hk, math.floor(st.c.w / 1000) + 60000) end
+  if #args > 2 then rcall(unpack(args)) end
+  if st.c.w >= 0 then rcall('PEXPIRE', hk, math.floor(st.c.w / 1000) + 60000) end
 end
 
--- Writes the outbox entry in hand and every bucket and composite hash the call changed.
+-- Writes the outbox entry in hand and every bucket and composite hash the call changed. The
+-- deadlines and the deletions of dropped buckets go in batched commands: each key is touched
+-- once here, so their order does not matter.
 local function flush()
   flush_outbox()
   for _, hk in ipairs(COMPOSITE_ORDER) do
     local st = COMPOSITES[hk]
     if st.dirty then flush_composite(st) end
   end
+  local due, gone = {}, {}
   for _, key in ipairs(TOUCHED) do
     local b = CACHE[key]
     if b == false then
-      if STORED[key] then
-        redis.call('DEL', key)
-        redis.call('ZREM', H.dl, key)
-      end
+      if STORED[key] then gone[#gone + 1] = key end
     elseif b.dirty then
-      write(b)
+      write(b, due)
     end
   end
+  batched('ZADD', H.dl, due)
+  batched('DEL', nil, gone)
+  batched('ZREM', H.dl, gone)
 end
 
 -- FIRE (reference 3.4): straight to the outbox for a top-level trigger, else up the chain of
 -- composite parents (innermost first); only the root's firing reaches the outbox.
 local function fire(sp, b, evraw, evid)
-  local chain = sp.ch
-  if #chain == 0 then
-    return publish(sp, b.lb, evraw, evid, '[]', frag(sp.a, sp.t), 'Triggered', b.u)
+  local chain = sp.ch  -- none in an apply call's spec without parents
+  if not chain or #chain == 0 then
+    return publish(sp, b.lb, evraw, evid, '[]', sp.t, 'Triggered', b.u)
   end
-  local child = {id = sp.t, lb = b.lb, fj = firing_json(frag(sp.a, sp.t), b.lb, false, '[]', nil),
-                 eid = evid, raw = evraw}
+  local child = {id = sp.t, a = sp.a, lb = b.lb, fid = newid(), tf = '[]', eid = evid,
+                 raw = evraw, t = NOW, new = true}
   for i = 1, #chain do
     local c = chain[i]
     local items
@@ -395,23 +509,12 @@ local function fire(sp, b, evraw, evid)
       items = composite_step(c, child)
       if not items then return end
     end
-    local last = i == #chain
-    local fjs = {}
-    for k, it in ipairs(items) do
-      -- the root firing's children whose event is its entry's event: the short form
-      if last and evid and it.eid == evid then
-        fjs[k] = it.fj
-      else
-        fjs[k] = child_json(it)
-      end
-    end
-    local tf = '[' .. table.concat(fjs, ',') .. ']'
     local labels = merge_labels(items)
-    if last then
-      return publish(sp, labels, evraw, evid, tf, frag(sp.a, c.t))
+    if i == #chain then  -- the root: the children whose event is the entry's take the short form
+      return publish(sp, labels, evraw, evid, items, c.t)
     end
-    child = {id = c.t, lb = labels, fj = firing_json(frag(sp.a, c.t), labels, false, tf, nil),
-             eid = evid, raw = evraw}
+    child = {id = c.t, a = sp.a, lb = labels, fid = newid(), tf = items, eid = evid,
+             raw = evraw, t = NOW, new = true}
   end
 end
 
@@ -420,18 +523,18 @@ end
 -- latest becomes its last event (reference point 6). Those older than occurred + W + 15 min
 -- <= as_of are dropped.
 local function take_held(hk, b, sp)
-  if not hk or hk == '' or redis.call('EXISTS', hk) == 0 then return 0 end
-  redis.call('ZREMRANGEBYSCORE', hk, '-inf', fmt(ASOF - sp.w - H.held_keep))
+  if not hk or hk == '' or rcall('EXISTS', hk) == 0 then return 0 end
+  rcall('ZREMRANGEBYSCORE', hk, '-inf', fmt(ASOF - sp.w - H.held_keep))
   local hi = '(' .. fmt(b.e)
   if sp.p == 0 and sp.w == 0 then hi = '+inf' end
-  local got = redis.call('ZRANGEBYSCORE', hk, fmt(b.s), hi)
+  local got = rcall('ZRANGEBYSCORE', hk, fmt(b.s), hi)
   if #got == 0 then return 0 end
-  redis.call('ZREMRANGEBYSCORE', hk, fmt(b.s), hi)
+  rcall('ZREMRANGEBYSCORE', hk, fmt(b.s), hi)
   b.c = b.c + #got
   local last = got[#got]
   local cut = string.find(last, ' ', 1, true)
-  b.i = string.sub(last, 1, cut - 1)
-  b.l = string.sub(last, cut + 1)
+  b.i = ssub(last, 1, cut - 1)
+  b.l = ssub(last, cut + 1)
   b.ldirty = true
   b.lknown = true
   return #got

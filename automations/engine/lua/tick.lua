@@ -15,17 +15,17 @@ local specs = {}
 local items = {}
 local claimed = 0
 for _, key in ipairs(due) do
-  local score = tonumber(redis.call('ZSCORE', H.dl, key) or 'nil')
+  local score = tonumber(rcall('ZSCORE', H.dl, key) or 'nil')
   local b = nil
   if score and score <= asof then  -- still due, and not taken by another timer
-    redis.call('ZREM', H.dl, key)
+    rcall('ZREM', H.dl, key)
     claimed = claimed + 1
     b = read_bucket(key)
   end
   if b then
     local sp = specs[b.t]
     if sp == nil then
-      local raw = redis.call('HGET', H.sk, b.t)
+      local raw = rcall('HGET', H.sk, b.t)
       sp = false
       if raw then sp = cjson.decode(raw) end
       specs[b.t] = sp
@@ -50,7 +50,7 @@ end)
 for _, it in ipairs(items) do evaluate(it.sp, it.b, asof, nil) end
 flush()
 
-local nxt = redis.call('ZRANGE', H.dl, 0, 0, 'WITHSCORES')
+local nxt = rcall('ZRANGE', H.dl, 0, 0, 'WITHSCORES')
 local nscore = false
 if nxt[2] then nscore = nxt[2] end
 return {claimed, FIRED, nscore, fmt(asof)}
