@@ -54,6 +54,7 @@ from triggers.index import TriggerIndex
 log = logging.getLogger(__name__)
 
 OPS_PER_CALL = 2_000  # bucket operations per round of calls (~30-40 ms of Redis at the bench mix)
+READY_WEIGHT = 4  # ready firings (triggers that keep no state) counting as one operation
 YIELD_EVERY = 10  # events matched between yields to the event loop while calls are in flight
 DECODE_EVERY = 50  # entries decoded ahead between yields (~0.1-0.5 ms)
 
@@ -355,7 +356,7 @@ class Engine:
         its events in order)."""
         iso = now.isoformat()
         batches: dict[int, WindowBatch] = {}
-        ops = 0
+        ops = 0.0
         flight: asyncio.Future[None] | None = None
         opens = frozenset(self._global_keys)  # the first counted event opens missing ones
         try:
@@ -372,7 +373,7 @@ class Engine:
                     if flight is not None:
                         await flight
                     flight = asyncio.ensure_future(self._send(list(batches.values()), now))
-                    batches, ops = {}, 0
+                    batches, ops = {}, 0.0
             if flight is not None:
                 await flight
                 flight = None
@@ -394,10 +395,11 @@ class Engine:
         return self._ops(item.event, batch, item.id)
 
     def _add(self, batches: dict[int, WindowBatch], ordered: Ordered, found: Matched,
-             iso: str, partitions: Iterable[int] = ()) -> int:
+             iso: str, partitions: Iterable[int] = ()) -> float:
         """Add one event and its operations to the batches of their partitions (and to
         ``partitions``, without operations: as in the reference, the first event after a load
-        opens the global proactive windows that are missing)."""
+        opens the global proactive windows that are missing). Returns their weight toward
+        ``OPS_PER_CALL``: a ready firing costs the script an appended string, not a bucket."""
         item = ordered.item
         numbers: dict[int, int] = {}
 
@@ -414,14 +416,16 @@ class Engine:
 
         for part in partitions:
             number_in(part)
+        ready = 0
         for spec, template in found:
             number = number_in(spec.partition)
             batch = batches[spec.partition]
             if spec.fires_at_once:
                 batch.add_ready(number, spec, template)
+                ready += 1
             else:
                 batch.add_op(number, spec, template)
-        return len(found)
+        return len(found) - ready + ready / READY_WEIGHT
 
     async def _send(self, batches: list[WindowBatch], now: datetime) -> None:
         """One round: every partition's call at once. A failed call fails the batch (it is
