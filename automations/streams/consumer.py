@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # UNBLOCKED: the stream's slot moved to another master under a blocked read).
 TRANSIENT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS",
                      "UNBLOCKED")
+AHEAD_SHARE = 4  # a batch of batch_size / AHEAD_SHARE entries or more reads the next ahead
 FORGET_IDLE_MS = 86_400_000  # a consumer with nothing pending and idle this long is forgotten
 # KEYS: dead stream, stream. ARGV: group, then per entry: its id, its field count n, n
 # field/value pairs. Copies each entry to the dead stream and acks it, together (a script, not
@@ -91,9 +92,10 @@ class StreamConsumer:
     pending and is retried with backoff; an entry delivered ``max_deliveries`` times goes to
     ``dead_stream`` with the last error.
 
-    With ``look_ahead``, a full batch (a backlog) is handled while the next one is read
-    beside it and given to ``look_ahead``, which may prepare it (decode, match) while the
-    handler waits for Redis; the handler then gets that same list. If the handler fails, the
+    With ``look_ahead``, a large batch (a quarter of ``batch_size`` or more: a backlog, or a
+    burst arriving) is handled while the next one is read beside it and given to
+    ``look_ahead``, which may prepare it (decode, match) while the handler waits for Redis;
+    the handler then gets that same list. If the handler fails, the
     batch read ahead is not handled out of turn: it stays pending and is read again after
     the failed one. A stopping consumer handles it before it returns.
     """
@@ -236,7 +238,7 @@ class StreamConsumer:
             self._own_pending = bool(entries)
         else:
             entries = await self._read(">", block=block)
-        if self.look_ahead is not None and len(entries) >= self.batch_size \
+        if self.look_ahead is not None and len(entries) * AHEAD_SHARE >= self.batch_size \
                 and not self._own_pending and not self._stopping:
             await self._handle_reading_ahead(entries)
         else:
@@ -263,8 +265,8 @@ class StreamConsumer:
         return len(entries)
 
     async def _handle_reading_ahead(self, entries: list[Entry]) -> None:
-        """Handle ``entries`` while the next batch is read (without blocking: a full batch
-        says more are waiting) and prepared by ``look_ahead``."""
+        """Handle ``entries`` while the next batch is read (without blocking: a large batch
+        says more are likely waiting) and prepared by ``look_ahead``."""
         reading = asyncio.ensure_future(self._read_ahead())
         try:
             await self._handle(entries)
