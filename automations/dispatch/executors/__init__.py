@@ -6,7 +6,7 @@ ActionResult`` plus one line here. An executor raises ``actions.outcome.Transien
 (``Reason.INTERNAL``). It never retries or sleeps, and never touches Redis: it reaches
 everything through ``ctx`` (the ports, the ledger, the shared clients). The action's own
 idempotency (at most one effect per ``ctx.idempotency_key``) is the dispatcher's pipeline
-(``automations/dispatch/dispatcher.py``); an executor with several effects per action records
+(``automations/dispatch/attempt.py``); an executor with several effects per action records
 each one in ``ctx.ledger`` (send-notification's targets).
 """
 
