@@ -293,14 +293,11 @@ class Engine:
             self._discard(self._ahead)
             self._ahead = None
         now = self.clock()
-        batch = Batch(entries, now, [], [], generation=self._generation)
+        batch: Batch | None = None
         ready = False
         try:
             source = BatchSource(self._intake, entries, now)
-            batch.items = await source.decode_yielding(DECODE_EVERY)
-            batch.rejects = source.rejects
-            if self._decisions is not None and batch.items:
-                self._decisions.begin(batch, entries)
+            batch = self._batch(source, await source.decode_yielding(DECODE_EVERY))
             await self._match_all(batch, None)
             ready = True
         except Exception:
@@ -308,14 +305,19 @@ class Engine:
         finally:
             if ready:
                 self._ahead = batch
-            else:
+            elif batch is not None:
                 self._discard(batch)
 
     def _decode(self, entries: Sequence[Entry], now: datetime) -> Batch:
         source = BatchSource(self._intake, entries, now)
-        batch = Batch(entries, now, source.decode(), source.rejects)
-        if self._decisions is not None and batch.items:
-            self._decisions.begin(batch, entries)
+        return self._batch(source, source.decode())
+
+    def _batch(self, source: BatchSource, items: list[Incoming]) -> Batch:
+        """The batch of ``source``'s decoded ``items``, opened in the decision log."""
+        batch = Batch(source.entries, source.now, items, source.rejects,
+                      generation=self._generation)
+        if self._decisions is not None and items:
+            self._decisions.begin(batch, source.entries)
         return batch
 
     def _discard(self, batch: Batch) -> None:

@@ -211,13 +211,13 @@ class BatchSource:
 
     def __init__(self, intake: Intake, entries: Sequence[Entry], now: datetime) -> None:
         self._intake = intake
-        self._entries = entries
-        self._now = now
+        self.entries = entries
+        self.now = now
         self.rejects: list[Reject] = []
 
     def decode(self) -> list[Incoming]:
         """Every valid event of the batch, each id once, in stream order."""
-        decoded, self.rejects = self._intake.decode(self._entries, self._now)
+        decoded, self.rejects = self._intake.decode(self.entries, self.now)
         return self._first_of_each(decoded)
 
     async def decode_yielding(self, every: int) -> list[Incoming]:
@@ -225,8 +225,8 @@ class BatchSource:
         decoded ahead must not hold up the one waiting for its Redis replies)."""
         decoded: list[Incoming] = []
         rejects: list[Reject] = []
-        for start in range(0, len(self._entries), every):
-            items, bad = self._intake.decode(self._entries[start:start + every], self._now)
+        for start in range(0, len(self.entries), every):
+            items, bad = self._intake.decode(self.entries[start:start + every], self.now)
             decoded += items
             rejects += bad
             await asyncio.sleep(0)
