@@ -122,7 +122,7 @@ class Decision:
 class _Batch:
     """The decisions noted for one batch, and its stream entries (for their ids)."""
 
-    key: object
+    key: object  # held, so that its id() (the key of DecisionLog._open) stays its own
     entries: Sequence[Entry]
     values: list[str]
     entry_of: dict[bytes, str] | None = None

@@ -95,9 +95,9 @@ class StreamConsumer:
     With ``look_ahead``, a large batch (a quarter of ``batch_size`` or more: a backlog, or a
     burst arriving) is handled while the next one is read beside it and given to
     ``look_ahead``, which may prepare it (decode, match) while the handler waits for Redis;
-    the handler then gets that same list. If the handler fails, the
-    batch read ahead is not handled out of turn: it stays pending and is read again after
-    the failed one. A stopping consumer handles it before it returns.
+    the handler then gets that same list. If the handler fails, the batch read ahead is not
+    handled out of turn: it stays pending and is read again after the failed one. A stopping
+    consumer handles it before it returns.
     """
 
     def __init__(
