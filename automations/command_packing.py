@@ -31,25 +31,42 @@ def pack_command(*args: Any) -> list[bytes | memoryview]:
     output: list[bytes | memoryview] = []
     pieces: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes | memoryview):
-            pass
-        elif isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            arg = repr(arg).encode()
+        kind = type(arg)  # the usual two first: this loop runs for every argument
+        if kind is bytes:
+            data: bytes | memoryview = arg
+        elif kind is str:
+            data = arg.encode()
         else:
-            raise DataError(f"Invalid input of type: '{type(arg).__name__}'. Convert to a "
-                            f"bytes, string, int or float first.")
-        size = len(arg) if isinstance(arg, bytes) else arg.nbytes
-        if size > BUFFER_CUTOFF or isinstance(arg, memoryview):
+            data = _encoded(arg)
+        if isinstance(data, memoryview):
+            size, apart = data.nbytes, True
+        else:
+            size = len(data)
+            apart = size > BUFFER_CUTOFF
+        if apart:
             pieces.append(b"$%d\r\n" % size)
             output.append(b"".join(pieces))
-            output.append(arg)
+            output.append(data)
             pieces = [b"\r\n"]
         else:
-            pieces += (b"$%d\r\n" % size, arg, b"\r\n")
+            pieces += (b"$%d\r\n" % size, data, b"\r\n")
     output.append(b"".join(pieces))
     return output
+
+
+def _encoded(arg: Any) -> bytes | memoryview:
+    """The other arguments redis-py accepts (subclasses of bytes and str, memoryviews, numbers
+    but not bools), or its refusal."""
+    if isinstance(arg, memoryview):
+        return arg
+    if isinstance(arg, bytes):
+        return bytes(arg)
+    if isinstance(arg, str):
+        return arg.encode()
+    if isinstance(arg, int | float) and not isinstance(arg, bool):
+        return repr(arg).encode()
+    raise DataError(f"Invalid input of type: '{type(arg).__name__}'. Convert to a bytes, "
+                    f"string, int or float first.")
 
 
 class FastPacking:
