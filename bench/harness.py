@@ -165,6 +165,22 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def blocked_readers(redis: aioredis.Redis) -> int:
+    """Clients blocked in XREADGROUP: an engine's consumers that have started and wait for
+    entries."""
+    clients = await redis.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
+
+
+async def wait_blocked_readers(redis: aioredis.Redis, count: int, *, timeout: float) -> None:
+    """Until ``count`` clients wait in XREADGROUP (a started engine, idle), or fail."""
+    async def check() -> bool:
+        return await blocked_readers(redis) >= count
+
+    if not await wait_until(check, timeout=timeout, interval=0.01):
+        raise TimeoutError(f"{count} blocked stream readers not seen in {timeout:g} s")
+
+
 async def drain_group(
     redis: aioredis.Redis, stream: str, group: str, *, timeout: float, interval: float = 0.05
 ) -> tuple[int, float]:
