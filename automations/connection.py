@@ -38,9 +38,12 @@ RETRIES = 3  # per command, on a fresh connection each time (see ``_retry``)
 RETRIED: tuple[type[redis.exceptions.RedisError], ...] = (
     redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 EMBEDDED_PORT = "redis.port"  # the embedded Redis's port, kept across restarts of `serve`
-CLUSTER_MAX_CONNECTIONS = 10_000
-"""Per node: redis-py's cluster default (100) raises once that many commands are in flight;
-the single-Redis pool is unbounded."""
+MAX_CONNECTIONS = 10_000
+"""Per pool (per node on a cluster): redis-py's default pools (100 connections since
+redis-py 6) raise ``MaxConnectionsError`` once that many commands are in flight, which the
+services would take for an outage: a dispatcher whose actions wait on a stalled peer's leases,
+each polling, lost its own leases that way. The services bound their concurrency themselves
+(``action_concurrency``, one script call per partition)."""
 # What a lost connection looks like from redis-py (plus BUSY LOADING after a restart, and on a
 # cluster: a failover, a slot without a master for now, or a slot in migration whose keys are
 # split between two masters: redis-py retries TRYAGAIN and redirections a few times, then
@@ -255,8 +258,7 @@ def connect_cluster(url: str, common: dict[str, Any]) -> aioredis.Redis:
     slot it names (``reinitialize_steps=0``): redis-py's default closes every connection on
     each fifth MOVED, under the commands other tasks have in flight on them."""
     client = cast(_AsyncCluster, _AsyncCluster.from_url(
-        _cluster_url(url), max_connections=CLUSTER_MAX_CONNECTIONS, reinitialize_steps=0,
-        **common))
+        _cluster_url(url), reinitialize_steps=0, **common))
     client.url = url
     return cast(aioredis.Redis, client)
 
@@ -267,7 +269,8 @@ def connect(settings: Settings, *, url: str | None = None) -> aioredis.Redis:
     ``redis_cluster``, the cluster client (module docstring)."""
     check_topology(settings)
     common: dict[str, Any] = {"decode_responses": False, "socket_connect_timeout": 5,
-                              "health_check_interval": 30, "retry": _retry()}
+                              "health_check_interval": 30, "retry": _retry(),
+                              "max_connections": MAX_CONNECTIONS}
     if settings.redis_cluster:
         return connect_cluster(url or redis_url(settings), common)
     if settings.redis_sentinels and url is None:
@@ -290,12 +293,13 @@ def with_fast_packing(client: aioredis.Redis) -> aioredis.Redis:
 def connect_sync(settings: Settings) -> redis.Redis:
     """The synchronous ``connect`` (for ``emit()`` from scripts and flows)."""
     check_topology(settings)
-    common: dict[str, Any] = {"socket_connect_timeout": 5, "retry": _sync_retry()}
+    common: dict[str, Any] = {"socket_connect_timeout": 5, "retry": _sync_retry(),
+                              "max_connections": MAX_CONNECTIONS}
     if settings.redis_cluster:
         url = _cluster_url(redis_url(settings))
         try:  # the sync client discovers the cluster here, not at its first command
             cluster = redis.cluster.RedisCluster.from_url(
-                url, max_connections=CLUSTER_MAX_CONNECTIONS, **common)
+                url, **common)
         except redis.exceptions.SlotNotCoveredError:
             raise
         except redis.exceptions.RedisClusterException as exc:
