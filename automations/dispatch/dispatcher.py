@@ -133,6 +133,10 @@ class Dispatcher:
         self.executors = self.runner.executors
         self.counts = self.runner.counts
         self._limit = anyio.Semaphore(settings.action_concurrency)
+        # Firings whose lease another dispatcher holds only record a check for later (one
+        # Redis call each), but a batch can hold hundreds of them: bounded apart, so they
+        # neither wait behind running actions nor open a connection each at once.
+        self._waits = anyio.Semaphore(settings.action_concurrency)
         self._stopping = anyio.Event()
         self._clients: Clients | None = None
         self._logs = SecretSafeLogs()
@@ -374,7 +378,8 @@ class Dispatcher:
 
     async def _isolated_wait(self, inv: Invocation, unrecorded: list[Exception]) -> None:
         try:
-            await self.runner.wait_for_lease(inv, attempt=1, job=None)
+            async with self._waits:
+                await self.runner.wait_for_lease(inv, attempt=1, job=None)
         except Exception as exc:
             if not await self.runner.crashed(inv, None, exc):
                 unrecorded.append(exc)

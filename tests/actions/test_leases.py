@@ -90,6 +90,39 @@ async def test_a_reclaimed_batch_does_not_start_a_second_copy(
     assert await second.retries.pending() == 0
 
 
+async def test_actions_running_elsewhere_are_noted_with_bounded_connections(
+    redis: aioredis.Redis, keys: Keys, store: AutomationStore, fast: Settings,
+    http_sink: HttpSink,
+) -> None:
+    """A batch whose every action another dispatcher holds: each is only noted for a later
+    check, at most ``action_concurrency`` at once (each had opened a connection of its own:
+    past redis-py's pool of 100 that read as Redis being away)."""
+    settings = fast.model_copy(update={"dispatch_readers": 1, "action_concurrency": 4})
+    [a] = await stored(store, automation(CallWebhook(url=http_sink.url("/hook"))))
+    firings = [await fire(redis, keys, a, disk_event()) for _ in range(120)]
+    ledger = Ledger(redis, keys, settings, RetryQueue(redis, keys))
+    held = await ledger.begin([Start(f"{f.id}:0") for f in firings], "elsewhere")
+    assert held == [Begun.RUN] * len(firings)
+    own = aioredis.Redis.from_url(str(settings.redis_url))
+    dispatcher = Dispatcher(own, settings, ports=build_ports(own, settings, keys), keys=keys,
+                            consumer="d")
+    await dispatcher.consumers[0].ensure_group()
+    reply: Any = await own.xreadgroup(DISPATCH_GROUP, "d", {keys.partition(0).firings: ">"},
+                                      count=len(firings))
+    entries = [Entry(i.decode(), f, 1) for i, f in reply[0][1]]
+    try:
+        async with dispatcher:
+            assert await dispatcher.handle_batch(entries) == []
+        pool = own.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+    finally:
+        await own.aclose()
+    assert dispatcher.counts["busy"] == len(firings)
+    assert await dispatcher.retries.pending() == len(firings)
+    assert opened <= settings.action_concurrency + 4, opened
+    assert http_sink.received("/hook") == []
+
+
 def start_dispatcher(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "AUTOMATIONS_REDIS_URL": str(settings.redis_url),
            "AUTOMATIONS_PREFIX": settings.prefix, "AUTOMATIONS_CONSUMER_NAME": "stalled",
