@@ -152,7 +152,10 @@ async def run(plan: Plan, directory: Path, seconds: float | None = None) -> Repo
         drained = await drain(books, receiver, sender.work, max(ended), plan.drain_timeout_s)
         watching.set()
         await watcher
-        await until(_async(fleet.serving), 60, "every service serving")  # a fair SIGTERM
+        try:  # a fair SIGTERM: every process has started
+            await until(_async(fleet.serving), 60, "every service serving")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {'; '.join(fleet.not_serving())}") from None
         stop_s, codes = fleet.stop()
         report = await reckon(plan, books, receiver, sender.work, chaos)
         record(directory, receiver, chaos, started)

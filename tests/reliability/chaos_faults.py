@@ -50,6 +50,7 @@ class Life:
     service: str
     proc: subprocess.Popen[bytes]
     started: float
+    log_from: int = 0  # its service's log size when it started: its own lines come after
     ended: float | None = None
     how: str | None = None
     code: int | None = None
@@ -69,12 +70,14 @@ class Fleet:
     def start(self, service: str) -> Life:
         self.generation[service] += 1
         kind = service.split("-")[0]
-        log = (self.directory / f"{service}.log").open("ab")
+        path = self.directory / f"{service}.log"
+        log = path.open("ab")
+        log_from = log.tell()
         env = {**self.env, "AUTOMATIONS_CONSUMER_NAME": f"{service}.{self.generation[service]}"}
         proc = subprocess.Popen([EXE, "serve", "--only", kind], cwd=ROOT, env=env,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
-        life = Life(service, proc, time.monotonic())
+        life = Life(service, proc, time.monotonic(), log_from)
         self.current[service] = life
         self.lives.append(life)
         return life
@@ -119,11 +122,23 @@ class Fleet:
 
     def serving(self) -> bool:
         """Whether every current process has started serving (logged ``serving <kind>``)."""
-        for service, generation in self.generation.items():
-            text = (self.directory / f"{service}.log").read_text(errors="replace")
-            if text.count(f"serving {service.split('-')[0]} on") < generation:
-                return False
-        return True
+        return not self.not_serving()
+
+    def not_serving(self) -> list[str]:
+        """The services whose current process has not logged ``serving <kind>`` yet, each with
+        its process state. Only its own lines count: under load a process can be killed
+        before it logged anything, so counting lines against restarts would be wrong."""
+        lagging = []
+        for service, life in self.current.items():
+            with (self.directory / f"{service}.log").open("rb") as log:
+                log.seek(life.log_from)
+                text = log.read().decode(errors="replace")
+            if f"serving {service.split('-')[0]} on" not in text:
+                code = life.proc.poll()
+                state = f"exited {code}" if code is not None else _proc_state(life.proc.pid)
+                lagging.append(f"{service} (process {self.generation[service]}, {state}, "
+                               f"started {time.monotonic() - life.started:.0f} s ago)")
+        return lagging
 
     def timed_out(self) -> set[str]:
         """Idempotency keys of actions a dispatcher saw time out (from its log)."""
@@ -264,6 +279,14 @@ class Chaos:
         return max(d.end for d in self.done)
 
 
+def _proc_state(pid: int) -> str:
+    """A live process's state letter from ``/proc`` (R running, S sleeping, T stopped...)."""
+    try:
+        return "state " + Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "state unknown"
+
+
 def classify(earlier: list[Hit], repeat: Hit, faults: list[Done], timed_out: bool) -> str:
     """Why an effect was repeated: ``timeout`` (an earlier request was answered after the
     action timeout, or a dispatcher logged a timeout of this action: the receiver acted, the
@@ -283,6 +306,11 @@ def classify(earlier: list[Hit], repeat: Hit, faults: list[Done], timed_out: boo
         # it froze (mid-request), not a copy started after resuming (which re-checks the lease)
         return "frozen"
     for hit in earlier:
+        if any(d.kind == "stall" and d.pid == hit.sender and 0 <= hit.at - d.end <= 0.2
+               for d in faults):
+            # the earlier effect was that frozen request: its record is then refused (fenced),
+            # so whoever holds the lease next runs the action again, the same process too
+            return "frozen"
         if any(d.kind == "stall" and d.pid == hit.sender and d.pid != repeat.sender
                # (a request written just before the freeze may arrive just after it)
                and d.start >= hit.at - 0.2 and d.start <= repeat.at for d in faults):
