@@ -21,16 +21,14 @@ from automations.cli.common import console, load_settings, user_errors
 from automations.connection import connect
 from automations.errors import NotFound
 from automations.events import utcnow
-from automations.insight.explain import (
+from automations.insight.explain import explain_automation, explain_event, is_event_target
+from automations.insight.explain_models import (
     AutomationState,
     AutomationVerdict,
     BucketState,
     EventExplanation,
     FiringInfo,
     TriggerVerdict,
-    explain_automation,
-    explain_event,
-    is_event_target,
 )
 from automations.keys import Keys
 from automations.store import AutomationStore

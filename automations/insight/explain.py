@@ -4,18 +4,17 @@ Built on the engine's own code, read only: the engine's per-name plan (``Planner
 automations' ``window_specs``: the same name match, bucket keys and ``for_each`` encoding),
 ``triggers.explain`` for the per-label verdict (the compiled matchers), ``Window.bucket`` for
 the live bucket, the deadlines sorted set the timer reads (the automation's partition's), the
-arrivals the engine's ordering keeps (``engine/ordering.py``: was the event taken up), the
-decision log the engine writes (``engine/decisions.py``) and the outboxes
-(``engine/outbox.py``: every partition's for an event, the automation's for an automation).
-Action outcomes come from the dispatcher's history (``insight/history.py``) when it is there.
+arrivals the engine's ordering keeps (``engine/ordering.py``: was the event taken up) and the
+decision log the engine writes (``engine/decisions.py``). What fired, and what its actions
+did, comes from ``insight/firings.py``.
 
 Every scan is bounded (``SCAN_*``); what is not found within the bound is reported as such.
-Returns pydantic models (the CLI prints them, a console can serve them as JSON).
+Returns the pydantic models of ``insight/explain_models.py`` (the CLI prints them, a console
+can serve them as JSON).
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -23,131 +22,36 @@ from typing import Any, Literal
 from uuid import UUID
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 
 from automations.engine.decisions import Decision, read_back
 from automations.engine.intake import SKIPPED_EVENTS
 from automations.engine.ordering import arrived
-from automations.engine.outbox import OutboxEntryError, outbox_parts
 from automations.engine.plan import Planner, Step
 from automations.engine.specs import WindowSpec, immediate, window_specs
 from automations.engine.window import T_BUCKET, Bucket, Window
 from automations.errors import InvalidEvent, NotFound
 from automations.events import Event, from_micros
+from automations.insight.explain_models import (
+    AutomationState,
+    AutomationVerdict,
+    BucketState,
+    DecisionRef,
+    EventExplanation,
+    FiringInfo,
+    TriggerVerdict,
+)
+from automations.insight.firings import CHUNK, RECENT, automation_firings, event_firings
 from automations.keys import Keys
 from automations.models import Automation
 from automations.settings import Settings
-from triggers.explain import LabelCheck, NameCheck, explain_match
+from triggers.explain import explain_match
 from triggers.index import TriggerIndex
 
 SCAN_DECISIONS = 100_000  # decision-log entries searched (newest first)
 SCAN_EVENTS = 100_000  # events-stream entries searched for an event id (newest first)
-SCAN_FIRINGS = 10_000  # outbox entries searched for an event's or automation's firings
-CHUNK = 1_000  # entries read per call
-FIRINGS_AROUND_MS = 10_000  # an event's firings are looked for this close to its decision
-FIRINGS_LAG_MS = 60_000  # ... or this long after its XADD when it has no decision
-RECENT = 10  # recent counted events, near misses and firings shown for an automation
 BUCKETS_SHOWN = 50
 
 STREAM_ID = re.compile(r"\d+-\d+")
-
-
-class BucketState(BaseModel):
-    """One bucket as it is in Redis now."""
-
-    trigger_id: str
-    key: str
-    labels: dict[str, str]
-    start: datetime
-    end: datetime
-    count: int
-    threshold: int
-    posture: str
-    open: bool  # now is before its end
-    deadline: datetime | None  # Proactive: when the timer fires it if count < threshold
-    last_event_id: str | None
-
-
-class ActionOutcome(BaseModel):
-    index: int
-    type: str
-    outcome: str
-    at: datetime | None = None
-    detail: str | None = None
-
-
-class FiringInfo(BaseModel):
-    firing_id: str
-    outbox_entry: str  # its firings-stream entry id
-    automation_id: str
-    trigger_id: str | None
-    state: str  # Triggered or Resolved
-    fired_at: str | None
-    event_id: str | None
-    actions: list[ActionOutcome] | None = None  # None: no history to tell
-
-
-class TriggerVerdict(BaseModel):
-    """One event trigger of an automation against the event."""
-
-    trigger_id: str
-    path: str  # "trigger", "trigger.triggers[1]"...
-    posture: str
-    threshold: int
-    within_s: float
-    counted: bool  # the engine evaluates the (event, trigger) pair
-    reason: str
-    names: list[NameCheck]
-    labels: list[LabelCheck]
-    stateless: bool  # keeps no bucket: fires on every event it takes
-    bucket_key: str | None = None
-    bucket: BucketState | None = None
-
-
-class AutomationVerdict(BaseModel):
-    automation: str
-    automation_id: str
-    enabled: bool
-    counted: bool
-    near_miss: bool
-    reason: str
-    source: Literal["decision log", "evaluated now"]
-    fired: bool
-    firings: list[FiringInfo]
-    triggers: list[TriggerVerdict]
-
-
-class EventExplanation(BaseModel):
-    event_id: str | None
-    entry_id: str | None  # in the events stream
-    event: str | None
-    occurred: str | None
-    logged_at: datetime | None  # when the engine logged its decision (None: not logged)
-    processed: bool | None  # its dedupe marker exists (None: unknown)
-    automations: list[AutomationVerdict]
-    notes: list[str]
-
-
-class DecisionRef(BaseModel):
-    event_id: str
-    event: str
-    occurred: str
-    entry_id: str
-    logged_at: datetime
-
-
-class AutomationState(BaseModel):
-    automation: str
-    automation_id: str
-    enabled: bool
-    buckets: list[BucketState]
-    more_buckets: bool
-    stateless_triggers: list[str]
-    counted: list[DecisionRef]
-    near_misses: list[DecisionRef]
-    decisions_scanned: int
-    firings: list[FiringInfo]
-    notes: list[str]
 
 
 # -- explain EVENT ------------------------------------------------------------------------
@@ -277,7 +181,7 @@ async def _verdicts(
         steps.setdefault(step.spec.automation_id, []).append(step)
     logged = (*decision.counted, *decision.missed) if decision else ()
     by_id = {str(a.id): a for a in automations}
-    firings = await _event_firings(redis, keys, event, decision, entry_id)
+    firings = await event_firings(redis, keys, event, decision, entry_id)
     window = _window(redis, keys)
     verdicts = []
     for aid in dict.fromkeys([*steps, *logged]):
@@ -395,7 +299,7 @@ async def explain_automation(
         buckets=buckets, more_buckets=more,
         stateless_triggers=[s.trigger_id for s in specs if immediate(s.trigger)],
         counted=counted, near_misses=missed, decisions_scanned=scanned,
-        firings=await _automation_firings(redis, keys, aid), notes=notes,
+        firings=await automation_firings(redis, keys, aid), notes=notes,
     )
 
 
@@ -444,113 +348,6 @@ async def _bucket_state(
         deadline=from_micros(float(score)) if score is not None else None,
         last_event_id=bucket.last_event_id,
     )
-
-
-# -- firings and actions -------------------------------------------------------------------
-
-
-def _firing_infos(entry_id: bytes, fields: Any) -> list[FiringInfo]:
-    try:
-        items, _ = outbox_parts(fields)
-    except OutboxEntryError:
-        return []
-    event_id = fields.get(b"event_id")
-    return [FiringInfo(
-        firing_id=str(item.get("id")), outbox_entry=entry_id.decode(),
-        automation_id=str(item.get("automation_id")),
-        trigger_id=item.get("trigger_id"),
-        state=(item.get("trigger_states") or ["Triggered"])[0],
-        fired_at=item.get("triggered"), event_id=event_id.decode() if event_id else None,
-    ) for item in items]
-
-
-async def _event_firings(
-    redis: aioredis.Redis, keys: Keys, event: Event | None, decision: Decision | None,
-    entry_id: str | None,
-) -> list[FiringInfo]:
-    """The firings whose triggering event is this one, from the entries of every partition's
-    outbox written near the time it was processed (its decision), else in the minute after
-    its XADD."""
-    event_id = str(event.id) if event else decision.event_id if decision else None
-    if event_id is None:
-        return []
-    if decision is not None:
-        at = int(decision.log_id.partition("-")[0])
-        start, end = at - FIRINGS_AROUND_MS, at + FIRINGS_AROUND_MS
-    elif entry_id:
-        start = int(entry_id.partition("-")[0]) - 1000
-        end = start + FIRINGS_LAG_MS
-    else:
-        return []
-    found: list[FiringInfo] = []
-    for outbox in keys.outboxes:
-        found += await _outbox_firings(redis, outbox, event_id, max(start, 0), end)
-    await _with_actions(redis, keys, found, event_id=event_id)
-    return found
-
-
-async def _outbox_firings(redis: aioredis.Redis, outbox: str, event_id: str, start: int,
-                          end: int) -> list[FiringInfo]:
-    """One outbox's firings of ``event_id`` between ``start`` and ``end`` (ms; bounded)."""
-    found: list[FiringInfo] = []
-    cursor, left = str(start), SCAN_FIRINGS
-    while left > 0:
-        entries: Any = await redis.xrange(outbox, min=cursor, max=str(end),
-                                          count=min(CHUNK, left))
-        for outbox_id, fields in entries:
-            if fields.get(b"event_id", b"").decode() == event_id:
-                found += _firing_infos(outbox_id, fields)
-        if len(entries) < min(CHUNK, left):
-            break
-        left -= len(entries)
-        cursor = "(" + entries[-1][0].decode()
-    return found
-
-
-async def _automation_firings(redis: aioredis.Redis, keys: Keys, aid: str) -> list[FiringInfo]:
-    """The automation's last ``RECENT`` firings in its partition's outbox (newest first,
-    bounded)."""
-    found: list[FiringInfo] = []
-    end, left = "+", SCAN_FIRINGS
-    outbox = keys.of(aid).firings
-    while left > 0 and len(found) < RECENT:
-        entries: Any = await redis.xrevrange(outbox, max=end, count=min(CHUNK, left))
-        for outbox_id, fields in entries:
-            found += [f for f in _firing_infos(outbox_id, fields) if f.automation_id == aid]
-        if len(entries) < min(CHUNK, left):
-            break
-        left -= len(entries)
-        end = "(" + entries[-1][0].decode()
-    found = found[:RECENT]
-    await _with_actions(redis, keys, found, automation_id=aid)
-    return found
-
-
-async def _with_actions(
-    redis: aioredis.Redis, keys: Keys, firings: list[FiringInfo], **query: Any
-) -> None:
-    """Fill in each firing's actions from the dispatcher's history (``insight.history``);
-    left ``None`` when that module or its record is not there."""
-    if not firings:
-        return
-    try:  # imported here: the history is optional for explain (and may come later)
-        history = importlib.import_module("automations.insight.history")
-    except ImportError:
-        return
-    # history ids are the dispatcher's clock, which takes a firing after the outbox got it
-    oldest = min(int(f.outbox_entry.partition("-")[0]) for f in firings)
-    since = from_micros((oldest - 1000) * 1000)
-    records = await history.read_history(redis, keys, since=since, **query)
-    actions = {str(r.firing_id): [_outcome(a) for a in r.actions] for r in records}
-    for firing in firings:
-        firing.actions = actions.get(firing.firing_id)
-
-
-def _outcome(action: Any) -> ActionOutcome:
-    outcome = getattr(action.outcome, "value", action.outcome)
-    detail = action.detail
-    return ActionOutcome(index=int(action.index), type=str(action.type), outcome=str(outcome),
-                         at=action.at, detail=None if detail is None else str(detail))
 
 
 # -- the engine's own lookups, built read-only -----------------------------------------------
