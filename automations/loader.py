@@ -13,50 +13,42 @@ URLs and webhook URLs) are checked on every action that validates, even when ano
 automation does not, and an invalid automation's name still counts against duplicates. Block
 names are checked when the caller gives a ``BlockCheck`` (it reads the known names from Redis,
 and is asked only when some action names a block).
+
+Reading a document is ``automations.documents``, pydantic errors become messages in
+``automations.field_errors``, and Python files are imported by ``automations.python_files``;
+this module collects what they give and checks across files.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import re
-import sys
-import traceback
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from actions.models import Action
 from actions.targets import KnownBlocks
 from actions.templating import TemplateEngine
 from automations.action_targets import (
-    ACTION_LISTS,
     action_errors,
     actions_of,
     automation_suffix,
     block_refs,
     join_path,
-    template_problems,
     valid_actions,
 )
+from automations.documents import JSON_SUFFIXES, YAML_SUFFIXES, read_document
 from automations.errors import InvalidAutomation, InvalidAutomations
-from automations.models import LOOP_ERROR, Automation
+from automations.field_errors import validation_errors
+from automations.models import Automation
+from automations.python_files import PY_SUFFIXES, collect, import_module
 
-JSON_SUFFIXES = frozenset({".json"})
-YAML_SUFFIXES = frozenset({".yaml", ".yml"})
-PY_SUFFIXES = frozenset({".py"})
-TRIGGER_TAGS = frozenset({"event", "compound", "sequence"})
-MEMBER_LABEL = re.compile(r"^(str|int|float|bool|(list|dict|set|union|function-\w+)\[.*\])$")
 DOCUMENT_KEY = "automations"
 SCHEMA_KEY = "$schema"  # editors' schema hint, allowed beside "automations"
 EXTENSION_PREFIX = "x-"  # beside "automations": free keys, e.g. YAML anchors to merge from
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
 BlockCheck = Callable[[Collection[str]], KnownBlocks | None]
 """Given the block names the actions use, the known blocks (None: they cannot be checked)."""
@@ -172,70 +164,11 @@ def _load_one(path: Path, found: _Collected, *, in_directory: bool = False) -> N
     elif suffix in PY_SUFFIXES:
         _from_module(path, found, required=not in_directory)
     else:
-        document, problem = _read_document(path, suffix)
+        document, problem = read_document(path, suffix)
         if problem is not None:
             found.errors.append(problem)
         else:
             _from_document(document, file, found)
-
-
-def _read_document(path: Path, suffix: str) -> tuple[Any, InvalidAutomation | None]:
-    """The decoded JSON/YAML document, or the reason it cannot be read."""
-    file = str(path)
-    try:
-        raw = path.read_bytes()
-        if suffix in JSON_SUFFIXES:
-            document = json.loads(raw, object_pairs_hook=_unique_keys)
-        else:
-            document = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except json.JSONDecodeError as exc:
-        return None, InvalidAutomation(f"invalid JSON: {exc}", file=file)
-    except DuplicateKey as exc:
-        return None, InvalidAutomation(f"invalid JSON: {exc}", file=file)
-    except yaml.YAMLError as exc:
-        return None, InvalidAutomation(f"invalid YAML: {_yaml_problem(exc)}", file=file)
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, InvalidAutomation(f"cannot read: {exc}", file=file)
-    return document, None
-
-
-class DuplicateKey(ValueError):
-    """A mapping names the same key twice (the parsers would silently keep the last)."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise DuplicateKey(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping, with its line."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == MERGE_TAG:
-                continue  # ``<<: *anchor`` merges are resolved by SafeLoader
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str | int | float | bool):
-                continue  # an unhashable key: SafeLoader reports it itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is None:
-        return str(problem)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _from_document(document: Any, file: str, found: _Collected) -> None:
@@ -301,80 +234,6 @@ def _seen(automation: Automation, file: str, path: str) -> _Seen:
     return _Seen(automation.name, explicit, file, path)
 
 
-def template_errors(
-    automation: Automation,
-    *,
-    file: str | None = None,
-    prefix: str = "",
-    engine: TemplateEngine | None = None,
-) -> list[InvalidAutomation]:
-    """Templates of the automation's actions that could never render (``actions.templating``
-    parse and limits), each with its field path."""
-    engine = engine or TemplateEngine()
-    return [InvalidAutomation(message, file=file, field_path=join_path(prefix, f"{where}.{path}"))
-            for where, action in actions_of(automation)
-            for path, message in template_problems(action, engine)]
-
-
-def validation_errors(
-    exc: ValidationError, *, file: str | None = None, prefix: str = "", name: Any = None
-) -> list[InvalidAutomation]:
-    """One ``InvalidAutomation`` per pydantic error, with a readable field path."""
-    by_path: dict[str, list[str]] = {}
-    suffix = automation_suffix(name)
-    for error in exc.errors(include_url=False):
-        ctx = error.get("ctx") or {}
-        if error["type"] == LOOP_ERROR:
-            path, message = str(ctx.get("path", "")), str(ctx.get("message", error["msg"]))
-        else:
-            path, message = field_path(error["loc"]), _message(error)
-        full = ".".join(p for p in (prefix, path) if p).replace(".[", "[")
-        by_path.setdefault(full, []).append(message)  # a union's members fail at one path
-    return [InvalidAutomation(" or ".join(dict.fromkeys(messages)) + suffix, file=file,
-                              field_path=path) for path, messages in by_path.items()]
-
-
-def _message(error: Any) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown key (not allowed here)"
-    return message
-
-
-def field_path(loc: Sequence[int | str]) -> str:
-    """A pydantic location as ``trigger.triggers[1].within``: union tags removed, list
-    indexes in brackets, dict keys that are not identifiers quoted."""
-    parts: list[str] = []
-    previous: list[int | str] = []
-    for item in loc:
-        tag = isinstance(item, str) and _is_union_tag(item, previous)
-        previous.append(item)
-        if tag:
-            continue
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item.isidentifier():
-            parts.append(f".{item}" if parts else item)
-        else:
-            parts.append(f"[{orjson.dumps(item).decode()}]")
-    return "".join(parts)
-
-
-def _is_union_tag(item: str, previous: Sequence[int | str]) -> bool:
-    """Pydantic puts the chosen union member's tag into locations; we strip it."""
-    if MEMBER_LABEL.match(item):
-        return True
-    if previous and previous[-1] == "trigger" and len(previous) == 1:
-        return item in TRIGGER_TAGS
-    if len(previous) >= 2 and isinstance(previous[-1], int):
-        owner = previous[-2]
-        if owner == "triggers":
-            return item in TRIGGER_TAGS
-        if owner in ACTION_LISTS and len(previous) == 2:
-            return True
-    return False
-
-
 def _duplicates(seen: Sequence[_Seen]) -> list[InvalidAutomation]:
     errors: list[InvalidAutomation] = []
     names: dict[str, _Seen] = {}
@@ -402,11 +261,11 @@ def _from_module(path: Path, found: _Collected, *, required: bool = True) -> Non
     """Import ``path`` as a throwaway module and collect its ``Automation`` objects (a helper
     module found in a directory may define none)."""
     file = str(path)
-    namespace, problems = _import_module(path)
+    namespace, problems = import_module(path)
     if namespace is None:
         found.errors.extend(problems)
         return
-    defined = _collect(namespace)
+    defined = collect(namespace)
     if not defined and required:
         found.errors.append(InvalidAutomation("defines no Automation objects", file=file))
     engine = TemplateEngine()
@@ -415,65 +274,6 @@ def _from_module(path: Path, found: _Collected, *, required: bool = True) -> Non
     found.seen.extend(_seen(a, file, name) for name, a in defined)
     if all(valid):
         found.loaded.extend(Loaded(a, file, name) for name, a in defined)
-
-
-def _import_module(path: Path) -> tuple[dict[str, Any] | None, list[InvalidAutomation]]:
-    """The module's namespace, or None and why it could not be imported."""
-    file = str(path)
-    module_name = f"_automations_file_{uuid.uuid4().hex}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        return None, [InvalidAutomation("cannot import this file", file=file)]
-    module = importlib.util.module_from_spec(spec)
-    directory = str(path.resolve().parent)
-    sys.path.insert(0, directory)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except ValidationError as exc:
-        return None, validation_errors(exc, file=_failing_line(exc, path))
-    except SystemExit as exc:  # exit() in a user's module must not end the CLI
-        return None, [InvalidAutomation(
-            f"the file raised SystemExit({exc.code!r}) while loading (sys.exit() or exit()); "
-            "an automations file must define automations, not exit",
-            file=_failing_line(exc, path))]
-    except Exception as exc:  # a user's module can raise anything; report it, do not crash
-        return None, [InvalidAutomation(f"import failed: {type(exc).__name__}: {exc}",
-                                        file=_failing_line(exc, path))]
-    finally:
-        sys.modules.pop(module_name, None)
-        if directory in sys.path:
-            sys.path.remove(directory)
-    return vars(module), []
-
-
-def _failing_line(exc: BaseException, path: Path) -> str:
-    """``file:line`` of the deepest frame in ``path`` (where the user's mistake is)."""
-    target = str(path.resolve())
-    line = None
-    for frame in traceback.extract_tb(exc.__traceback__):
-        if str(Path(frame.filename).resolve()) == target:
-            line = frame.lineno
-    return f"{path}:{line}" if line else str(path)
-
-
-def _collect(namespace: dict[str, Any]) -> list[tuple[str, Automation]]:
-    """Module-level automations: plain names, and the items of lists, tuples and dicts."""
-    found: dict[int, tuple[str, Automation]] = {}
-    for name, value in namespace.items():
-        if name.startswith("__"):
-            continue
-        if isinstance(value, Automation):
-            found.setdefault(id(value), (name, value))
-        elif isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                if isinstance(item, Automation):
-                    found.setdefault(id(item), (f"{name}[{i}]", item))
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, Automation):
-                    found.setdefault(id(item), (f"{name}[{key!r}]", item))
-    return list(found.values())
 
 
 class AutomationsDocument(BaseModel):

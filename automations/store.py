@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from actions.templating import TemplateEngine
 from automations.errors import AutomationsError, InvalidAutomation, InvalidAutomations, NotFound
+from automations.field_errors import template_errors, validation_errors
 from automations.keys import Keys
-from automations.loader import template_errors, validation_errors
 from automations.models import Automation
 from triggers.models import Trigger
 

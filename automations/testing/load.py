@@ -16,8 +16,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from automations.documents import UniqueKeyLoader, yaml_problem
 from automations.errors import AutomationsError, InvalidAutomation, InvalidAutomations
-from automations.loader import _UniqueKeyLoader, _yaml_problem, load_files, validation_errors
+from automations.field_errors import validation_errors
+from automations.loader import load_files
 from automations.models import Automation
 from automations.testing.model import AutomationTests, ExpectedFiring
 
@@ -59,7 +61,7 @@ def read_document(path: Path) -> Any:
     raw = path.read_bytes()
     if path.suffix.lower() == ".json":
         return json.loads(raw)
-    return yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    return yaml.load(raw, Loader=UniqueKeyLoader)  # a SafeLoader subclass
 
 
 def is_test_document(document: Any) -> bool:
@@ -91,7 +93,7 @@ def _load_one(path: Path) -> tuple[LoadedTests | None, list[Problem]]:
     except json.JSONDecodeError as exc:
         return None, [Problem(file, "", f"invalid JSON: {exc}")]
     except yaml.YAMLError as exc:
-        return None, [Problem(file, "", f"invalid YAML: {_yaml_problem(exc)}")]
+        return None, [Problem(file, "", f"invalid YAML: {yaml_problem(exc)}")]
     if not is_test_document(document):
         return None, [Problem(file, "", "not a test file (a mapping with `tests:`); for a dry "
                                         "run of automation files over events give --events")]

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from automations.errors import InvalidAutomation, InvalidAutomations
-from automations.loader import field_path, file_schema, load_files, load_sources, parse_document
+from automations.field_errors import field_path
+from automations.loader import file_schema, load_files, load_sources, parse_document
 from automations.models import Automation
 from tests.automations.documents import write
 
