@@ -61,20 +61,51 @@ def _deadline_poll(check: Callable[[], bool], timeout_s: float, what: str) -> No
         time.sleep(POLL_S)
 
 
-class LocalCluster:
-    """``masters`` ``redis-server --cluster-enabled yes`` in ``directory``, no replicas."""
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """A server certificate (and its CA) every node serves TLS with, beside its plain port."""
 
-    def __init__(self, directory: Path, masters: int = 3, extra: Sequence[str] = ()) -> None:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+class LocalCluster:
+    """``masters`` ``redis-server --cluster-enabled yes`` in ``directory``, no replicas.
+
+    With ``tls``, each node also serves TLS on a port of its own (``tls_ports``), and the
+    cluster bus runs over TLS: a client that connects over TLS is told the nodes' TLS ports
+    (``tls_url``). The plain ports stay open for the helpers here."""
+
+    def __init__(self, directory: Path, masters: int = 3, extra: Sequence[str] = (),
+                 tls: ClusterTls | None = None) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH (apt-get install -y redis-tools)")
         self.cli = cli
+        self.tls = tls
+        self.tls_ports = [free_port() for _ in range(masters)] if tls else []
         self.servers = [
             RedisServer(directory / f"node-{n}", extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-port", str(free_port()),  # else port + 10000: maybe taken, or > 65535
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *extra])
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *self._tls_args(n), *extra])
             for n in range(masters)]
+
+    def _tls_args(self, n: int) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--tls-port", str(self.tls_ports[n]), "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no", "--tls-cluster", "yes", "--tls-replication", "yes"]
+
+    def tls_url(self, *, verify: bool = True) -> str:
+        """A ``rediss://`` URL of the first node's TLS port (the CA named when ``verify``)."""
+        if self.tls is None:
+            raise ClusterError("this cluster serves no TLS")
+        query = f"ssl_ca_certs={self.tls.ca}&ssl_cert_reqs=required" if verify \
+            else "ssl_cert_reqs=required"
+        return f"rediss://127.0.0.1:{self.tls_ports[0]}/0?{query}"
 
     def __repr__(self) -> str:
         return f"LocalCluster({', '.join(s.url for s in self.servers)})"

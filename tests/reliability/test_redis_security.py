@@ -1,6 +1,7 @@
-"""A production Redis: an ACL user with only the rights the services need, and TLS. Each
-runs the whole chain (engine, announcer, dispatcher, a webhook) against a real redis-server
-configured that way; the password never shows in logs or errors."""
+"""A production Redis: an ACL user with only the rights the services need, and TLS (on one
+server and on a Redis Cluster). Each runs the whole chain (engine, announcer, dispatcher, a
+webhook) against real redis-servers configured that way; the password never shows in logs or
+errors."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from automations.service import serve
 from automations.settings import Settings
 from automations.store import AutomationStore
 from automations.streams.publish import Publisher
+from bench.redis_cluster import ClusterTls, LocalCluster
 from bench.redis_server import RedisServer, free_port
 from tests.automations.engine_harness import automation
 from tests.sinks import HttpSink
@@ -147,6 +149,44 @@ async def test_tls_refuses_a_server_it_cannot_verify(
     _, tls_port, _ = tls_redis
     url = f"rediss://automations:{PASSWORD}@127.0.0.1:{tls_port}/0?ssl_cert_reqs=required"
     client = connect(settings.model_copy(update={"redis_url": url}))
+    with pytest.raises(Exception, match=r"(?i)certificate"):
+        await client.ping()
+    await client.aclose()
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster serving TLS (its bus over TLS too)."""
+    certs = make_certs(tmp_path / "certs")
+    tls = ClusterTls(cert=certs["server.crt"], key=certs["server.key"], ca=certs["ca.crt"])
+    with LocalCluster(tmp_path / "cluster", 3, tls=tls) as cluster:
+        yield cluster
+
+
+async def test_tls_on_a_cluster_runs_everything(
+    tls_cluster: LocalCluster, settings: Settings, http_sink: HttpSink,
+) -> None:
+    """A ``rediss://`` URL of one node: the cluster client reaches every master over TLS,
+    verified, and the whole chain runs on three partitions."""
+    on_cluster = settings.model_copy(update={
+        "redis_url": tls_cluster.tls_url(), "redis_cluster": True, "partitions": 3})
+    await fires_a_webhook(on_cluster, http_sink)
+    client = connect(on_cluster)
+    try:
+        assert await client.ping()  # the client learns the masters from the node it reaches
+        nodes = {node.port for node in client.get_nodes()}  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()
+    assert nodes == set(tls_cluster.tls_ports)
+
+
+async def test_tls_on_a_cluster_refuses_a_node_it_cannot_verify(
+    tls_cluster: LocalCluster, settings: Settings,
+) -> None:
+    unverified = settings.model_copy(update={
+        "redis_url": tls_cluster.tls_url(verify=False), "redis_cluster": True,
+        "partitions": 3})
+    client = connect(unverified)
     with pytest.raises(Exception, match=r"(?i)certificate"):
         await client.ping()
     await client.aclose()
