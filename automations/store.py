@@ -12,9 +12,9 @@ it): if not, nothing is written and the plan is made again; a failure or a refus
 nothing. Scripts rather than WATCH/MULTI, because redis-py's cluster transactions fail while
 their slot migrates, where a script is redirected and retried.
 
-An update keeps the automation's id; when its trigger is unchanged (compared as JSON without
-trigger ids) the stored trigger ids are kept too, so the engine keeps its window state; a
-changed trigger resets it (``trigger_changed``).
+What an ``apply`` changes (and what it refuses) is planned by ``automations.store_plan``:
+an update keeps the automation's id, and its trigger's ids (so its window state) while the
+trigger is unchanged.
 
 A stored automation whose JSON no longer validates (written by another version, or by hand) is
 not a missing one: ``get`` raises ``InvalidStoredAutomation`` for it, while listings skip it.
@@ -24,19 +24,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 
-from actions.templating import TemplateEngine
-from automations.errors import AutomationsError, InvalidAutomation, InvalidAutomations, NotFound
-from automations.field_errors import template_errors, validation_errors
+from automations.errors import AutomationsError, NotFound
 from automations.keys import Keys
 from automations.models import Automation
-from triggers.models import Trigger
+from automations.store_parse import InvalidStoredAutomation as InvalidStoredAutomation
+from automations.store_parse import parse_or_skip, parse_stored
+from automations.store_plan import ApplyResult, check_unique, plan_apply, revalidate
 
 log = logging.getLogger(__name__)
 
@@ -55,65 +54,6 @@ class AutomationChange:
     automation_id: UUID
     automation: Automation | None
     trigger_changed: bool
-
-
-@dataclass(slots=True)
-class ApplyResult:
-    """What ``apply`` did (or, with ``dry_run``, would do), by automation name."""
-
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-    trigger_reset: list[str] = field(default_factory=list)
-    automations: list[Automation] = field(default_factory=list)
-    dry_run: bool = False
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.created or self.updated or self.deleted)
-
-    def summary(self) -> str:
-        counts = (f"{len(self.created)} created, {len(self.updated)} updated, "
-                  f"{len(self.unchanged)} unchanged, {len(self.deleted)} deleted")
-        return f"{counts} (dry run: nothing written)" if self.dry_run else counts
-
-
-@dataclass(slots=True)
-class _Plan:
-    result: ApplyResult
-    upserts: list[tuple[Automation, bool, str | None]] = field(default_factory=list)
-    deletes: list[tuple[str, str]] = field(default_factory=list)
-
-
-class InvalidStoredAutomation(AutomationsError):
-    """An automation is stored but its JSON no longer validates; re-applying it fixes that."""
-
-    def __init__(self, automation_id: str, problems: str) -> None:
-        self.automation_id = automation_id
-        self.problems = problems
-        super().__init__(f"automation {automation_id} is stored but no longer valid: {problems}")
-
-
-def parse_stored(raw: bytes | str, automation_id: str) -> Automation:
-    """Validate one stored automation (raises ``InvalidStoredAutomation``)."""
-    try:
-        return Automation.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(str(error) for error in validation_errors(exc))
-        raise InvalidStoredAutomation(automation_id, problems) from None
-
-
-def trigger_shape(trigger: Trigger) -> dict[str, Any]:
-    """The trigger as JSON without its ids: what decides whether window state survives."""
-    return _without_ids(trigger.model_dump(mode="json"))
-
-
-def _without_ids(data: dict[str, Any]) -> dict[str, Any]:
-    shape = {k: v for k, v in data.items() if k != "id"}
-    if isinstance(shape.get("triggers"), list):
-        shape["triggers"] = [_without_ids(child) for child in shape["triggers"]]
-    return shape
 
 
 def _text(value: bytes | str) -> str:
@@ -228,13 +168,13 @@ class AutomationStore:
     ) -> ApplyResult:
         """Upsert ``automations`` by name in one atomic step; with ``prune`` also delete the
         stored ones not given. Raises ``InvalidAutomations`` (nothing written) when refused."""
-        _check_unique(automations)
+        check_unique(automations)
         keys = self._keys
         for _ in range(APPLY_ATTEMPTS):
             head = await self.last_log_id()
             names: Any = await self._redis.hgetall(keys.automation_names)
             stored: Any = await self._redis.hgetall(keys.automations)
-            plan = self._plan(automations, _decode(names), _decode(stored), prune=prune)
+            plan = plan_apply(automations, _decode(names), _decode(stored), prune=prune)
             plan.result.dry_run = dry_run
             if dry_run or not (plan.upserts or plan.deletes):
                 return plan.result
@@ -254,7 +194,7 @@ class AutomationStore:
             current = parse_stored(raw, key)
             if current.enabled == enabled:
                 return current
-            updated = _revalidate(current, enabled=enabled)
+            updated = revalidate(current, enabled=enabled)
             if await self._write(head, [(updated, False, None)], []):
                 return updated
         raise AutomationsError("the store kept changing; try again")
@@ -311,74 +251,6 @@ class AutomationStore:
         return _stream_id(_text(first[0][0])) > _stream_id(position) and position != "0-0"
 
     # -- internals ---------------------------------------------------------------------
-    def _plan(
-        self,
-        automations: Sequence[Automation],
-        names: Mapping[str, str],
-        stored: Mapping[str, str],
-        *,
-        prune: bool,
-    ) -> _Plan:
-        plan = _Plan(ApplyResult())
-        errors: list[InvalidAutomation] = []
-        owners = {automation_id: name for name, automation_id in names.items()}
-        for automation in automations:
-            try:
-                self._plan_one(plan, automation, names, stored, owners)
-            except InvalidAutomations as exc:
-                errors.extend(exc.errors)
-            except InvalidAutomation as exc:
-                errors.append(exc)
-        templates = TemplateEngine()
-        for automation in plan.result.automations:
-            if automation.name not in plan.result.unchanged:
-                errors.extend(template_errors(automation, prefix=repr(automation.name),
-                                              engine=templates))
-        if errors:
-            raise InvalidAutomations(errors)
-        if prune:
-            wanted = {a.name for a in automations}
-            for name, automation_id in sorted(names.items()):
-                if name not in wanted:
-                    plan.deletes.append((automation_id, name))
-                    plan.result.deleted.append(name)
-        return plan
-
-    def _plan_one(
-        self,
-        plan: _Plan,
-        automation: Automation,
-        names: Mapping[str, str],
-        stored: Mapping[str, str],
-        owners: Mapping[str, str],
-    ) -> None:
-        result, name = plan.result, automation.name
-        existing_id = names.get(name)
-        if existing_id is None:
-            taken_by = owners.get(str(automation.id))
-            if "id" in automation.model_fields_set and taken_by is not None:
-                raise InvalidAutomation(
-                    f"id {automation.id} already belongs to automation {taken_by!r}; remove "
-                    "the id to create a new automation", field_path=f"{name!r}.id")
-            final = _revalidate(automation)
-            plan.upserts.append((final, True, None))
-            result.created.append(name)
-            result.automations.append(final)
-            return
-        current = self._parse(stored[existing_id], existing_id) if existing_id in stored else None
-        same_trigger = current is not None and (
-            trigger_shape(current.trigger) == trigger_shape(automation.trigger))
-        trigger = current.trigger if current is not None and same_trigger else automation.trigger
-        final = _revalidate(automation, id=UUID(existing_id), trigger=trigger)
-        result.automations.append(final)
-        if current is not None and current.model_dump(mode="json") == final.model_dump(mode="json"):
-            result.unchanged.append(name)
-            return
-        plan.upserts.append((final, not same_trigger, None))
-        result.updated.append(name)
-        if not same_trigger:
-            result.trigger_reset.append(name)
-
     async def _write(self, head: str, upserts: Iterable[tuple[Automation, bool, str | None]],
                      deletes: Iterable[tuple[str, str]]) -> bool:
         """The changes in one script, only if the log's last entry is still ``head`` (False:
@@ -396,17 +268,8 @@ class AutomationStore:
         return bool(int(written))
 
     def _parse_all(self, raw: Mapping[bytes, bytes]) -> list[Automation]:
-        parsed = (self._parse(data, _text(key)) for key, data in raw.items())
+        parsed = (parse_or_skip(data, _text(key)) for key, data in raw.items())
         return sorted((a for a in parsed if a is not None), key=lambda a: a.name)
-
-    @staticmethod
-    def _parse(raw: bytes | str, automation_id: str) -> Automation | None:
-        """The automation, or None (logged) where an invalid one is skipped."""
-        try:
-            return parse_stored(raw, automation_id)
-        except InvalidStoredAutomation as exc:
-            log.error("%s (skipped)", exc)
-            return None
 
     def _parse_change(
         self, entry_id: str, fields: Mapping[bytes, bytes]
@@ -425,39 +288,6 @@ class AutomationStore:
         changed = fields.get(b"trigger_changed", b"1") == b"1"
         return AutomationChange(entry_id, "upsert" if kind == UPSERT else "delete",
                                 automation_id, automation, changed)
-
-
-def _revalidate(automation: Automation, **update: Any) -> Automation:
-    """``automation`` with ``update`` applied and every validator (the loop guard: the id and
-    name are part of the rule) run again; refusals become ``InvalidAutomation``."""
-    data = automation.model_dump(mode="json")
-    data.update({k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v
-                 for k, v in update.items()})
-    if "id" in update:
-        data["id"] = str(update["id"])
-    try:
-        return Automation.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidAutomations(
-            validation_errors(exc, prefix=repr(automation.name))) from None
-
-
-def _check_unique(automations: Sequence[Automation]) -> None:
-    errors: list[InvalidAutomation] = []
-    seen_names: set[str] = set()
-    seen_ids: set[UUID] = set()
-    for automation in automations:
-        if automation.name in seen_names:
-            errors.append(InvalidAutomation(f"duplicate name {automation.name!r}",
-                                            field_path=f"{automation.name!r}.name"))
-        seen_names.add(automation.name)
-        if "id" in automation.model_fields_set:
-            if automation.id in seen_ids:
-                errors.append(InvalidAutomation(f"duplicate id {automation.id}",
-                                                field_path=f"{automation.name!r}.id"))
-            seen_ids.add(automation.id)
-    if errors:
-        raise InvalidAutomations(errors)
 
 
 def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:

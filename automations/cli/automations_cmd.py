@@ -45,7 +45,8 @@ from automations.keys import Keys
 from automations.loader import file_schema, load_sources
 from automations.models import Automation
 from automations.settings import Settings
-from automations.store import ApplyResult, AutomationStore
+from automations.store import AutomationStore
+from automations.store_plan import ApplyResult
 from triggers.models import CompoundTrigger, EventTrigger, Posture, Trigger, never_fires
 
 T = TypeVar("T")

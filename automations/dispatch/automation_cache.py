@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from uuid import UUID
 
 from automations.models import Automation
-from automations.store import AutomationStore, InvalidStoredAutomation, parse_stored
+from automations.store import AutomationStore
+from automations.store_parse import InvalidStoredAutomation, parse_stored
 
 Found = Automation | InvalidStoredAutomation | None
 """A lookup's answer for one id: the automation, why its stored JSON is no longer valid, or

@@ -15,12 +15,8 @@ from automations.errors import InvalidAutomation, InvalidAutomations, NotFound
 from automations.keys import Keys
 from automations.loader import load_files
 from automations.models import Automation
-from automations.store import (
-    AutomationChange,
-    AutomationStore,
-    InvalidStoredAutomation,
-    trigger_shape,
-)
+from automations.store import AutomationChange, AutomationStore, InvalidStoredAutomation
+from automations.store_plan import trigger_shape
 
 
 def make(name: str = "a", *, expect: str = "x.y", threshold: int = 1, **extra: Any) -> Automation:
