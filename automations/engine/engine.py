@@ -30,7 +30,6 @@ from datetime import datetime
 from uuid import UUID
 
 import anyio
-import orjson
 import redis.asyncio as aioredis
 
 from automations.backoff import Backoff
@@ -38,10 +37,10 @@ from automations.connection import CONNECTION_ERRORS
 from automations.engine.announcer import Announcer
 from automations.engine.decisions import DecisionLog
 from automations.engine.intake import SKIPPED_EVENTS, BatchSource, Incoming, Intake
+from automations.engine.loaded import Loaded
 from automations.engine.ordering import Ordered, Ordering, OrderReply, OrderResult
-from automations.engine.outbox import automation_resource
-from automations.engine.plan import Planner, Step
-from automations.engine.specs import WindowSpec, window_specs
+from automations.engine.plan import Step
+from automations.engine.specs import WindowSpec
 from automations.engine.window import OpTemplate, Window, WindowBatch
 from automations.events import Event, utcnow
 from automations.keys import ENGINE_GROUP, Keys
@@ -49,7 +48,6 @@ from automations.metrics import current_metrics
 from automations.models import Automation
 from automations.settings import Settings
 from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
-from triggers.index import TriggerIndex
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +84,8 @@ class Engine:
         self.settings = settings
         self.keys = keys or Keys.from_settings(settings)
         self.clock = clock
-        self._index = TriggerIndex()
-        self._specs: dict[tuple[UUID, UUID], WindowSpec] = {}
-        self._automations: dict[UUID, list[WindowSpec]] = {}
-        self._spec_of: dict[int, WindowSpec] = {}  # id(event trigger) -> its spec
-        self._resources: dict[str, bytes] = {}  # automation id -> its events' resource JSON
-        # partition -> the keys of its global proactive windows (which the first event opens)
-        self._global_keys: dict[int, tuple[str, ...]] = {}
-        self._planner = Planner(self.keys, self._index, self._spec_of.__getitem__)
+        self._loaded = Loaded(self.keys)
+        self._planner = self._loaded.planner
         self._window = Window(redis, self.keys, settings)
         self.ordering = Ordering(redis, self.keys, settings, declare_keys=settings.redis_cluster)
         self._consumer = StreamConsumer(
@@ -102,10 +94,9 @@ class Engine:
             consumer=consumer, maxlen=settings.events_maxlen, look_ahead=self.look_ahead,
         )
         self.announcer = Announcer(redis, settings, keys=self.keys, consumer=consumer,
-                                   resource_of=self._resources.get)
+                                   resource_of=self._loaded.resources.get)
         self._intake = Intake(self._planner, settings, self.ordering.waits)
         self._ahead: Batch | None = None  # the next batch, decoded and matched (look_ahead)
-        self._generation = 0  # moves on each change of the loaded automations
         self._decisions = DecisionLog(redis, self.keys, settings) if settings.decision_log \
             else None
         self.events = 0
@@ -122,7 +113,7 @@ class Engine:
 
     def __repr__(self) -> str:
         return (
-            f"Engine(automations={len(self._automations)}, triggers={len(self._specs)}, "
+            f"Engine({self._loaded!r}, "
             f"events={self.events}, fired={self.fired}, parked={self.parked}, "
             f"rejected={self.rejected})"
         )
@@ -131,22 +122,22 @@ class Engine:
     async def load(self, automations: Iterable[Automation]) -> None:
         """Replace the loaded automations (all of them: specs published for other triggers
         are withdrawn from the timer). Window state in Redis is kept."""
-        for automation_id in list(self._automations):
-            self._forget(automation_id)
+        for automation_id in self._loaded.ids():
+            self._loaded.forget(automation_id)
         specs: list[WindowSpec] = []
         for automation in automations:
             if automation.enabled:
-                specs.extend(self._remember(automation))
+                specs.extend(self._loaded.remember(automation))
         await self._window.register(specs, replace=True)
 
     async def upsert(self, automation: Automation, *, trigger_changed: bool) -> None:
         """Add or replace one automation; a changed trigger starts from empty state."""
-        old = self._forget(automation.id)
+        old = self._loaded.forget(automation.id)
         if trigger_changed:
             await self._window.unregister(old)
             await self._window.reset(str(automation.id))
         if automation.enabled:
-            await self._window.register(self._remember(automation))
+            await self._window.register(self._loaded.remember(automation))
         else:
             await self._window.unregister(old)
 
@@ -154,41 +145,8 @@ class Engine:
         """Stop evaluating an automation (deleted or paused). Its window state stays, so a
         resumed automation carries on; state of a deleted one expires (reactive buckets are
         swept, due proactive ones are dropped by the timer once the spec is gone)."""
-        old = self._forget(automation_id)
+        old = self._loaded.forget(automation_id)
         await self._window.unregister(old)
-
-    def _remember(self, automation: Automation) -> list[WindowSpec]:
-        specs = window_specs(automation.id, automation.trigger, self.keys)
-        self._resources[str(automation.id)] = orjson.dumps(
-            automation_resource(automation.id, automation.name, automation.trigger))
-        self._index.add(automation.id, automation.trigger)
-        self._automations[automation.id] = specs
-        self._planner.clear()
-        self._generation += 1
-        for spec in specs:
-            self._specs[(automation.id, spec.trigger.id)] = spec
-            self._spec_of[id(spec.trigger)] = spec
-        self._globals_changed()
-        return specs
-
-    def _forget(self, automation_id: UUID) -> list[WindowSpec]:
-        self._index.remove(automation_id)
-        self._resources.pop(str(automation_id), None)
-        specs = self._automations.pop(automation_id, [])
-        self._planner.clear()
-        self._generation += 1
-        for spec in specs:
-            self._specs.pop((automation_id, spec.trigger.id), None)
-            self._spec_of.pop(id(spec.trigger), None)
-        self._globals_changed()
-        return specs
-
-    def _globals_changed(self) -> None:
-        found: dict[int, list[str]] = {}
-        for spec in self._specs.values():
-            if spec.global_key:
-                found.setdefault(spec.partition, []).extend(spec.state_keys)
-        self._global_keys = {part: tuple(keys) for part, keys in found.items()}
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, stopping: anyio.Event | None = None) -> None:
@@ -262,7 +220,7 @@ class Engine:
         batch the consumer read ahead comes decoded and matched already (``look_ahead``)."""
         batch, self._ahead = self._ahead, None
         if batch is not None and (batch.entries is not entries
-                                  or batch.generation != self._generation):
+                                  or batch.generation != self._loaded.generation):
             self._discard(batch)
             batch = None
         if batch is None:
@@ -315,7 +273,7 @@ class Engine:
     def _batch(self, source: BatchSource, items: list[Incoming]) -> Batch:
         """The batch of ``source``'s decoded ``items``, opened in the decision log."""
         batch = Batch(source.entries, source.now, items, source.rejects,
-                      generation=self._generation)
+                      generation=self._loaded.generation)
         if self._decisions is not None and items:
             self._decisions.begin(batch, source.entries)
         return batch
@@ -328,7 +286,7 @@ class Engine:
         """The Redis half of a batch: its order resolved, applied per partition, released
         followers forgotten."""
         order = self.ordering.resolve(reply, batch.items, batch.now, self._planner,
-                                      batch.matched, first=bool(self._global_keys))
+                                      batch.matched, first=bool(self._loaded.global_keys))
         recording = self._decisions.write(batch) if self._decisions else None
         await self._apply(order, batch.matched, batch.now)
         if recording is not None:
@@ -360,7 +318,7 @@ class Engine:
         batches: dict[int, WindowBatch] = {}
         ops = 0.0
         flight: asyncio.Future[None] | None = None
-        opens = frozenset(self._global_keys)  # the first counted event opens missing ones
+        opens = frozenset(self._loaded.global_keys)  # the first counted event opens missing ones
         try:
             for ordered in order.items:
                 found = self._operations(ordered, matched) or []
@@ -411,7 +369,7 @@ class Engine:
                 batch = batches.get(part)
                 if batch is None:
                     batch = batches[part] = self._window.batch(
-                        part, iso, self._global_keys.get(part, ()))
+                        part, iso, self._loaded.global_keys.get(part, ()))
                 number = numbers[part] = batch.add_event(
                     item.id, item.occurred_us, item.raw, ordered.asof_us)
             return number
