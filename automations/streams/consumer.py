@@ -25,6 +25,7 @@ from automations.backoff import Backoff, Outage, current_outage
 from automations.connection import CONNECTION_ERRORS
 from automations.metrics import Metrics, current_metrics
 from automations.settings import Settings
+from automations.streams.dead_letter import DeadLetters
 from automations.streams.upkeep import require_redis_version, trim_acknowledged
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,8 @@ TRANSIENT_REPLIES = ("OOM", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
                      "UNBLOCKED")
 AHEAD_SHARE = 4  # a batch of batch_size / AHEAD_SHARE entries or more reads the next ahead
 FORGET_IDLE_MS = 86_400_000  # a consumer with nothing pending and idle this long is forgotten
-# KEYS: dead stream, stream. ARGV: group, then per entry: its id, its field count n, n
-# field/value pairs. Copies each entry to the dead stream and acks it, together (a script, not
-# MULTI: redis-py's cluster transactions fail while their slot migrates).
-DEAD_LETTER_SCRIPT = """
-local i = 2
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + 2 * n))
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[i])
-  i = i + 2 + 2 * n
-end
-return 1
-"""
+
+
 def _outage(exc: BaseException) -> bool:
     """A lost connection, possibly raised by several tasks of a task group at once."""
     if isinstance(exc, BaseExceptionGroup):
@@ -146,7 +136,8 @@ class StreamConsumer:
                                         cap_s=settings.reconnect_max_s, logger=log,
                                         outage=self._outage)
         self._last_error: dict[str, str] = {}
-        self._dead_letter_script = redis.register_script(DEAD_LETTER_SCRIPT)
+        self._dead_letters = DeadLetters(redis, stream=stream, group=group,
+                                         consumer=self.consumer, dead_stream=dead_stream)
 
     def __repr__(self) -> str:
         return (
@@ -403,27 +394,9 @@ class StreamConsumer:
         await self._handler_backoff.wait(exc, outage=outage)
 
     async def _dead_letter(self, rejects: Sequence[Reject]) -> None:
-        """Copy each entry, with reason and delivery count, to the dead stream and ack it
-        (one script, so an entry is never both lost and acked)."""
-        args: list[Any] = [self.group]
-        for r in rejects:
-            fields: dict[Any, Any] = dict(r.entry.fields)
-            fields.update({
-                b"reason": r.reason.encode(), b"deliveries": str(r.entry.deliveries).encode(),
-                b"source_stream": self.stream.encode(), b"source_id": r.entry.id.encode(),
-                b"group": self.group.encode(), b"consumer": self.consumer.encode(),
-            })
-            args += [r.entry.id, len(fields), *(x for pair in fields.items() for x in pair)]
-        await self._dead_letter_script(keys=[self.dead_stream, self.stream], args=args)
+        """To the dead stream, each with its reason (``streams/dead_letter.py``)."""
+        await self._dead_letters.send(rejects, self.metrics)
         self.dead += len(rejects)
-        self.metrics.dead_lettered(self.dead_stream, len(rejects))
-        log.warning("%s/%s: dead-lettered %d entries to %s (first: %s %s)", self.stream,
-                    self.group, len(rejects), self.dead_stream, rejects[0].entry.id,
-                    rejects[0].reason, extra={
-                        "stream": self.stream, "group": self.group,
-                        "dead_stream": self.dead_stream,
-                        "entry_ids": [r.entry.id for r in rejects[:20]],
-                        "reason": rejects[0].reason})
 
 
 async def run_restarting(consumer: StreamConsumer, stopping: anyio.Event) -> None:
