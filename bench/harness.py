@@ -166,8 +166,8 @@ async def wait_until(
 
 
 async def blocked_readers(redis: aioredis.Redis) -> int:
-    """Clients blocked in XREADGROUP: an engine's consumers that have started and wait for
-    entries."""
+    """Clients blocked in XREADGROUP on this Redis: the consumers of the engine a scenario
+    runs (one at a time) that have started and wait for entries."""
     clients = await redis.client_list()
     return sum(1 for c in clients if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", ""))
 
