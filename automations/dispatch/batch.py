@@ -27,7 +27,7 @@ from automations.events import format_validation_error
 from automations.insight.history import fired_entry
 from automations.models import Automation
 from automations.store import InvalidStoredAutomation
-from automations.streams.consumer import Entry, Reject
+from automations.streams.entries import Entry, Reject
 from triggers.firing import Firing
 
 

@@ -74,13 +74,8 @@ from automations.keys import DISPATCH_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.settings import Settings
 from automations.store import AutomationStore
-from automations.streams.consumer import (
-    Entry,
-    Reject,
-    StreamConsumer,
-    run_restarting,
-    stop_when_set,
-)
+from automations.streams.consumer import StreamConsumer, run_restarting, stop_when_set
+from automations.streams.entries import Entry, Reject
 
 log = logging.getLogger(__name__)
 

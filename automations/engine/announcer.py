@@ -39,7 +39,8 @@ from automations.events import RESOURCE_NAME
 from automations.keys import ANNOUNCE_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer, run_restarting
+from automations.streams.consumer import StreamConsumer, run_restarting
+from automations.streams.entries import Entry, Reject
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from automations.engine.plan import Step
 from automations.events import Event, from_micros
 from automations.keys import Keys
 from automations.settings import Settings
-from automations.streams.consumer import Entry
+from automations.streams.entries import Entry
 
 log = logging.getLogger(__name__)
 

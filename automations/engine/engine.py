@@ -47,7 +47,8 @@ from automations.keys import ENGINE_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.models import Automation
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer, stop_when_set
+from automations.streams.consumer import StreamConsumer, stop_when_set
+from automations.streams.entries import Entry, Reject
 
 log = logging.getLogger(__name__)
 

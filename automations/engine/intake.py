@@ -33,7 +33,7 @@ from automations.events import (
     to_us,
 )
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject
+from automations.streams.entries import Entry, Reject
 
 SKIPPED_EVENTS = frozenset({"prefect.log.write"})
 

@@ -35,7 +35,8 @@ from automations.runtime.flow_runs import FlowRun, FlowRunStore
 from automations.runtime.launch import FD_ENV, RUN_ENV
 from automations.runtime.states import State, StateType, holds_worker
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer
+from automations.streams.consumer import StreamConsumer
+from automations.streams.entries import Entry, Reject
 
 log = logging.getLogger(__name__)
 

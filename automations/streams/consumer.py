@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ from automations.connection import CONNECTION_ERRORS
 from automations.metrics import Metrics, current_metrics
 from automations.settings import Settings
 from automations.streams.dead_letter import DeadLetters
+from automations.streams.entries import Entry, Reject
 from automations.streams.upkeep import require_redis_version, trim_acknowledged
 
 log = logging.getLogger(__name__)
@@ -43,23 +43,6 @@ def _outage(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(CONNECTION_ERRORS)[1] is None
     return isinstance(exc, CONNECTION_ERRORS)
-
-
-@dataclass(slots=True)
-class Entry:
-    """One stream entry: its id, raw fields and how often it was delivered (1 = first time)."""
-
-    id: str
-    fields: dict[bytes, bytes]
-    deliveries: int
-
-
-@dataclass(slots=True)
-class Reject:
-    """A handler's verdict that ``entry`` can never succeed: acked and dead-lettered at once."""
-
-    entry: Entry
-    reason: str
 
 
 Handler = Callable[[list[Entry]], Awaitable[Sequence[Reject] | None]]

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from automations.metrics import Metrics
-
-if TYPE_CHECKING:
-    from automations.streams.consumer import Reject
+from automations.streams.entries import Reject
 
 log = logging.getLogger(__name__)
 

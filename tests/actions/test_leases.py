@@ -24,7 +24,7 @@ from automations.keys import DISPATCH_GROUP, Keys
 from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
-from automations.streams.consumer import Entry
+from automations.streams.entries import Entry
 from tests.actions.stories import action_events, automation, disk_event, fire, stored
 from tests.sinks import HttpSink, Response
 from tests.wait import wait_until

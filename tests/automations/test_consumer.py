@@ -15,7 +15,8 @@ from automations.keys import Keys
 from automations.runtime.worker import Worker
 from automations.service import build_ports
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer
+from automations.streams.consumer import StreamConsumer
+from automations.streams.entries import Entry, Reject
 from automations.streams.upkeep import require_redis_version, trim_acknowledged
 from tests.wait import wait_until
 

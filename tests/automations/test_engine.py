@@ -10,7 +10,7 @@ import pytest
 
 from automations.engine.engine import Engine
 from automations.settings import Settings
-from automations.streams.consumer import Entry
+from automations.streams.entries import Entry
 from tests.automations.engine_harness import Clock, Harness, automation, event, event_ids
 from tests.wait import wait_until
 

@@ -27,7 +27,7 @@ from automations.models import Automation
 from automations.service import build_ports
 from automations.settings import Settings
 from automations.store import AutomationStore
-from automations.streams.consumer import Entry
+from automations.streams.entries import Entry
 from tests.actions.stories import automation, disk_event, fire, stored
 from tests.sinks import HttpSink, Response
 from tests.wait import acknowledged, wait_until

@@ -20,7 +20,8 @@ from automations.events import Event
 from automations.insight.dead_letters import dead_streams, find, redrive
 from automations.keys import Keys
 from automations.settings import Settings
-from automations.streams.consumer import Entry, Reject, StreamConsumer
+from automations.streams.consumer import StreamConsumer
+from automations.streams.entries import Entry, Reject
 from tests.actions.test_leases import (
     test_the_record_script_fences_a_stale_token as test_the_record_script_fences_a_stale_token,
 )

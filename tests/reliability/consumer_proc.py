@@ -17,7 +17,8 @@ from automations.connection import connect
 from automations.keys import Keys
 from automations.service import ServiceContext, serve
 from automations.settings import Settings
-from automations.streams.consumer import Entry, StreamConsumer
+from automations.streams.consumer import StreamConsumer
+from automations.streams.entries import Entry
 
 
 def announce(entries: list[Entry]) -> None:

@@ -18,7 +18,8 @@ from automations.errors import BusUnavailable
 from automations.events import Event
 from automations.keys import ENGINE_GROUP, Keys
 from automations.settings import Settings
-from automations.streams.consumer import Entry, StreamConsumer
+from automations.streams.consumer import StreamConsumer
+from automations.streams.entries import Entry
 from automations.streams.publish import Publisher
 from bench.redis_server import RedisServer
 from tests.wait import acknowledged, logged, wait_until
