@@ -41,9 +41,10 @@ EMBEDDED_PORT = "redis.port"  # the embedded Redis's port, kept across restarts 
 MAX_CONNECTIONS = 10_000
 """Per pool (per node on a cluster): redis-py's default pools (100 connections since
 redis-py 6) raise ``MaxConnectionsError`` once that many commands are in flight, which the
-services would take for an outage: a dispatcher whose actions wait on a stalled peer's leases,
-each polling, lost its own leases that way. The services bound their concurrency themselves
-(``action_concurrency``, one script call per partition)."""
+services would take for an outage: a dispatcher whose batch held hundreds of firings leased by
+a stalled peer, each noting its later check with a call of its own, lost its leases that way.
+The services bound their concurrency themselves (``action_concurrency``, one script call per
+partition)."""
 # What a lost connection looks like from redis-py (plus BUSY LOADING after a restart, and on a
 # cluster: a failover, a slot without a master for now, or a slot in migration whose keys are
 # split between two masters: redis-py retries TRYAGAIN and redirections a few times, then
