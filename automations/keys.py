@@ -92,7 +92,13 @@ class PartitionKeys:
 
     # trigger state
     def bucket(self, automation: str, trigger: str, key: str) -> str:
-        return f"{self.base}:bucket:{automation}:{trigger}:{key}"
+        return f"{self.bucket_prefix}{automation}:{trigger}:{key}"
+
+    @property
+    def bucket_prefix(self) -> str:
+        """What every bucket key starts with: the timer reads a bucket's trigger id and its
+        unresolved counter's key from the rest (``parse_bucket``, common.lua ``read_bucket``)."""
+        return f"{self.base}:bucket:"
 
     @property
     def deadlines(self) -> str:
@@ -107,12 +113,16 @@ class PartitionKeys:
 
     def parse_bucket(self, bucket: str) -> tuple[str, str, str]:
         """A bucket key's automation id, trigger id and the key of its unresolved counter."""
-        automation, trigger, key = bucket.removeprefix(f"{self.base}:bucket:").split(":", 2)
+        automation, trigger, key = bucket.removeprefix(self.bucket_prefix).split(":", 2)
         return automation, trigger, self.unresolved(automation, trigger, key)
 
     def unresolved(self, automation: str, trigger: str, key: str) -> str:
         """Expected events still needed to resolve a proactive firing of this bucket (engine)."""
-        return f"{self.base}:unresolved:{automation}:{trigger}:{key}"
+        return f"{self.unresolved_prefix}{automation}:{trigger}:{key}"
+
+    @property
+    def unresolved_prefix(self) -> str:
+        return f"{self.base}:unresolved:"
 
     @property
     def proactive_globals(self) -> str:

@@ -226,6 +226,7 @@ class Window:
         return orjson.dumps({
             **self._common, "fs": part.firings, "dl": part.deadlines,
             "gl": part.proactive_globals, "sk": part.trigger_specs,
+            "bp": part.bucket_prefix, "up": part.unresolved_prefix,
             "now": micros(now), "iso": now.isoformat(), "idb": str(uuid7())[:28], **extra,
         })
 

@@ -175,3 +175,45 @@ async def test_timer_fires_within_a_second_of_window_end(
         lateness = (utcnow() - end).total_seconds()
         stopping.set()
     assert lateness < 1.0
+
+
+async def test_a_bucket_keeps_its_state_and_not_its_trigger_or_counter_key(
+    h: Harness, clock: Clock
+) -> None:
+    """The trigger id and the Resolved counter's key are read off the bucket's key: a bucket
+    stores only its window, count, labels and last event."""
+    a = automation(stuck())
+    await h.load(a)
+    running = event(RUNNING, 0, "run-1")
+    await h.send(running)
+    part = h.keys.of(a.id)
+    [key] = [k async for k in h.redis.scan_iter(match=part.bucket(str(a.id), "*", "*"))]
+    fields = await h.redis.hgetall(key)
+    assert set(fields) == {b"s", b"e", b"c", b"lb", b"l", b"i"}
+    assert fields[b"i"] == str(running.id).encode()
+    clock.advance(61)
+    [firing] = await h.tick()
+    assert firing.triggering_labels == {"prefect.resource.id": "run-1"}
+    [resolved] = await h.send(event(COMPLETED, 100, "run-1"))
+    assert resolved.trigger_states == [TriggerState.Resolved]
+
+
+async def test_a_bucket_stored_with_its_trigger_and_counter_key_still_fires_and_resolves(
+    h: Harness, clock: Clock
+) -> None:
+    """Buckets written before they were read off the key (fields ``t`` and ``u``) are read
+    as before: the extra fields are ignored."""
+    a = automation(stuck())
+    await h.load(a)
+    await h.send(event(RUNNING, 0, "run-1"))
+    part = h.keys.of(a.id)
+    trigger_id = str(a.trigger.id)
+    key = part.bucket(str(a.id), trigger_id, '["run-1"]')
+    assert await h.redis.exists(key) == 1
+    await h.redis.hset(key, mapping={
+        "t": trigger_id, "u": part.unresolved(str(a.id), trigger_id, '["run-1"]')})
+    clock.advance(61)
+    [firing] = await h.tick()
+    assert firing.trigger_id == a.trigger.id
+    [resolved] = await h.send(event(COMPLETED, 100, "run-1"))
+    assert resolved.trigger_states == [TriggerState.Resolved]

@@ -16,6 +16,9 @@
 --   dl         deadlines zset (bucket key -> due us)
 --   gl         hash trigger id -> spec, global proactive triggers (ensure_globals)
 --   sk         hash trigger id -> spec, every enabled trigger (the timer's lookup)
+--   bp, up     what every bucket key, and every unresolved counter's key, of the partition
+--              starts with (keys.py): a bucket stores neither its trigger id nor its
+--              counter's key, the timer reads them off its key (read_bucket)
 --   sweep      us a reactive bucket lives past its end
 --   lookback   us a first window is backdated by
 --   held_keep  us a held expect event outlives its window
@@ -53,8 +56,11 @@ local function newid()
 end
 
 -- Bucket: s, e (window [s, e)), c (count), l/i (last event JSON and id, proactive only),
--- lb (triggering labels JSON), t (trigger id, so the timer can find the spec), u (key of the
--- unresolved counter of a top-level proactive trigger, "" otherwise).
+-- lb (triggering labels JSON); in the table only: t (trigger id, so the timer can find the
+-- spec), u (key of the unresolved counter of a top-level proactive trigger, "" otherwise).
+-- Redis keeps the fields of the hash; t and u are read off the bucket's key (each field of
+-- a new bucket's HSET costs Redis about a microsecond, and the heavy mix opens several
+-- buckets an event).
 --
 -- Buckets go through a write-back cache for the length of one script call: each is read from
 -- Redis once and written once (flush, at the end of the script), however many events of the
@@ -73,22 +79,32 @@ local function touch(key)
   end
 end
 
--- Every field (the timer's path).
+-- Every field (the timer's path). The key is "<bp><automation>:<trigger>:<key part>": `t` is
+-- its trigger id, `rest` what follows bp (the timer makes `u` of it once it knows the spec,
+-- unresolved_key).
 local function read_bucket(key)
   local cached = CACHE[key]
   if cached ~= nil then return cached or nil end
-  local v = rcall('HMGET', key, 's', 'e', 'c', 'l', 'i', 'lb', 't', 'u')
+  local v = rcall('HMGET', key, 's', 'e', 'c', 'l', 'i', 'lb')
   if not v[1] then
     CACHE[key] = false
     return nil
   end
   local e = tonumber(v[2])
+  local rest = ssub(key, #H.bp + 1)
   local b = {key = key, s = tonumber(v[1]), e = e, e0 = e, c = tonumber(v[3]),
-             l = v[4] or nil, i = v[5] or nil, lb = v[6] or '{}', t = v[7], u = v[8] or '',
-             lknown = true}
+             l = v[4] or nil, i = v[5] or nil, lb = v[6] or '{}',
+             t = string.match(rest, '^[^:]*:([^:]*):'), rest = rest, u = '', lknown = true}
   STORED[key] = true
   CACHE[key] = b
   return b
+end
+
+-- The key of the Resolved counter of a bucket read by read_bucket (keys.py unresolved): a
+-- top-level proactive trigger's only, as the engine's op templates name it.
+local function unresolved_key(sp, b)
+  if sp.p == 1 and (not sp.ch or #sp.ch == 0) then return H.up .. b.rest end
+  return ''
 end
 
 -- The hot path reads only the window and count; labels and the unresolved key come from the
@@ -156,10 +172,9 @@ local function write(b, due)
   if b.fresh then
     if STORED[key] then rcall('DEL', key) end
     if last then
-      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb, 't', sp.t, 'u', b.u,
-            'l', b.l, 'i', b.i)
+      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb, 'l', b.l, 'i', b.i)
     else
-      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb, 't', sp.t, 'u', b.u)
+      rcall('HSET', key, 's', s, 'e', e, 'c', c, 'lb', b.lb)
     end
   elseif last then
     rcall('HSET', key, 's', s, 'e', e, 'c', c, 'l', b.l, 'i', b.i)

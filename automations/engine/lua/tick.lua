@@ -35,6 +35,7 @@ for _, key in ipairs(due) do
     elseif b.c >= sp.th and (sp.fe == 1 or sp.af == 1) then
       drop(b)  -- reached its threshold: can never fire, nothing re-opens it
     else
+      b.u = unresolved_key(sp, b)
       items[#items + 1] = {sp = sp, b = b, score = score}
     end
   end
