@@ -150,6 +150,32 @@ def firing_signature(firing: dict[str, Any]) -> tuple[str, str, str, str]:
             str(event.get("id", "")))
 
 
+@dataclass(frozen=True)
+class Readback:
+    """The drain carried on until the engines had also read every event they appended (the
+    announcement of each firing), as a steady flow of events makes them do: from the same
+    start, ``seconds`` and the counters to that point, and how many such events they read."""
+
+    seconds: float
+    nodes: list[NodeSample]
+    engines_cpu_seconds: float
+    events: int
+
+    def figures(self, handled: int) -> Row:
+        total = NodeSample(0.0, {})
+        for node in self.nodes:
+            total += node
+        per_event = total.per_event(handled)
+        return {
+            "events_read_back": self.events,
+            "seconds_with_readback": round(self.seconds, 3),
+            "redis_us_per_event_with_readback": per_event["redis_us_per_event"],
+            "redis_cpu_us_per_event_with_readback": per_event["redis_cpu_us_per_event"],
+            "engine_cpu_us_per_event_with_readback":
+                round(self.engines_cpu_seconds * 1e6 / handled, 1) if handled else None,
+        }
+
+
 @dataclass
 class Drain:
     """What draining a backlog took: events handled, seconds (to the last progress), and the
@@ -162,6 +188,7 @@ class Drain:
     engines_cpu: float
     nodes: list[NodeSample] = field(default_factory=list)
     wall: float = 0.0
+    readback: Readback | None = None
 
     def figures(self) -> dict[str, float]:
         return {"redis_cpu_percent": round(self.redis_cpu * 100),
@@ -179,11 +206,14 @@ class Drain:
 
 async def drain_backlog(
     bench: Bench, prefix: str, engines: list[ServiceProcess], encoded: list[tuple[bytes, bytes]],
-    *, limit: float, partitions: int = 1,
+    *, limit: float, partitions: int = 1, readback: bool = False,
 ) -> Drain:
     """Queue ``encoded`` events, release the engines, and time until all are acknowledged and
     every firing they caused is announced (or ``limit`` seconds). Anything the engines append
-    to the events stream themselves comes after the backlog, so only the backlog is counted."""
+    to the events stream themselves comes after the backlog, so only the backlog is counted.
+    With ``readback``, the drain then goes on until the engines have read those too
+    (``Drain.readback``): what each event costs in a steady flow, where the engines read
+    their own announcements as they go."""
     keys = Keys(prefix, partitions)
     await push(bench.redis, keys.events, encoded)
     total = len(encoded)
@@ -213,10 +243,35 @@ async def drain_backlog(
     wall = max(now - start, 1e-9)
     nodes = [await sample_node(node) - before for node, before in zip(
         bench.nodes, nodes_before, strict=True)]
-    return Drain(min(max(acked, 0), total), last_change - start,
-                 sum(node.cpu_seconds for node in nodes) / wall,
-                 (sum(cpu_seconds(e.pid) for e in engines) - engines_before) / wall,
-                 nodes, wall)
+    drain = Drain(min(max(acked, 0), total), last_change - start,
+                  sum(node.cpu_seconds for node in nodes) / wall,
+                  (sum(cpu_seconds(e.pid) for e in engines) - engines_before) / wall,
+                  nodes, wall)
+    if readback and acked >= total:
+        drain.readback = await _read_back(bench, keys, engines, start, limit, nodes_before,
+                                          engines_before, total)
+    return drain
+
+
+async def _read_back(
+    bench: Bench, keys: Keys, engines: list[ServiceProcess], start: float, limit: float,
+    nodes_before: list[NodeSample], engines_before: float, total: int,
+) -> Readback | None:
+    """Wait (within ``limit`` from ``start``) until the engine group has read and acknowledged
+    everything on the events stream and every outbox entry is announced; ``None`` if it did
+    not happen in time."""
+    while True:
+        acked, outstanding = await group_progress(bench.redis, keys.events, ENGINE_GROUP)
+        if not outstanding and await all_announced(bench.redis, keys.outboxes):
+            break
+        if time.perf_counter() - start >= limit:
+            return None
+        await asyncio.sleep(0.02)
+    seconds = time.perf_counter() - start
+    nodes = [await sample_node(node) - before for node, before in zip(
+        bench.nodes, nodes_before, strict=True)]
+    return Readback(seconds, nodes, sum(cpu_seconds(e.pid) for e in engines) - engines_before,
+                    acked - total)
 
 
 def webhook_automation(url: str) -> Automation:

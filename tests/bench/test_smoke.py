@@ -102,8 +102,15 @@ async def test_throughput(bench: Bench) -> None:
     assert positive(measured[1]["ratio_to_ceiling"])
     assert all(positive(r["redis_us_per_event"]) and positive(r["redis_cpu_us_per_event"])
                and positive(r["engine_cpu_us_per_event"]) for r in measured)
+    # carried on until the engine read back its own announcements: one a firing
+    firing = measured[1]
+    assert firing["events_read_back"] == firing["firings"]
+    assert firing["seconds_with_readback"] >= firing["seconds"]
+    assert firing["redis_us_per_event_with_readback"] >= firing["redis_us_per_event"]
+    assert firing["engine_cpu_us_per_event_with_readback"] >= firing["engine_cpu_us_per_event"]
     (cost,) = [r for r in rows if str(r.get("case", "")).startswith("Redis us per event")]
     assert cost["automations"] == 200 and cost["target_met"] is None  # judged at 1,000 only
+    assert cost["redis_us_per_event_with_readback"] >= cost["redis_us_per_event"]
     assert positive(rows[-1]["ratio"])
 
 
