@@ -245,15 +245,24 @@ SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall"
 OWN_COMMANDS = frozenset({"info", "slowlog", "config"})  # the benchmark's own probes
 
 
+CALLED = re.compile(r"redis\.p?call\(\s*['\"](\w+)['\"]")
+"""A command called in a script embedded in Python."""
+QUOTED = re.compile(r"'([A-Z]+)'")
+"""A command named in a Lua file: called directly, through a local alias (``rcall``) or a
+helper (``batched('DEL', ...)``); the arguments in capitals (``NX``, ``MAXLEN``) name no
+command, so they match nothing in ``INFO commandstats``."""
+
+
 @cache
 def scripted_commands() -> frozenset[str]:
     """The commands the engine's scripts call: INFO commandstats counts each of those calls
     again under its own name, on top of the script's time that includes it."""
     root = Path(automations.engine.__file__).parent
-    pattern = re.compile(r"redis\.p?call\(\s*['\"](\w+)['\"]")
     found: set[str] = set()
-    for path in [*root.glob("*.py"), *root.glob("lua/*.lua")]:
-        found.update(name.lower() for name in pattern.findall(path.read_text()))
+    for path in root.glob("*.py"):
+        found.update(name.lower() for name in CALLED.findall(path.read_text()))
+    for path in root.glob("lua/*.lua"):
+        found.update(name.lower() for name in QUOTED.findall(path.read_text()))
     return frozenset(found)
 
 

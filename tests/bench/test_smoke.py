@@ -20,7 +20,14 @@ import orjson
 import pytest
 
 from automations.events import Event
-from bench.harness import Bench, Options, Row, latency_figures, percentile
+from bench.harness import (
+    Bench,
+    Options,
+    Row,
+    latency_figures,
+    percentile,
+    scripted_commands,
+)
 from bench.prefect import to_prefect
 from bench.scenarios import ceiling, latency, memory, peer, proactive, scaleout, throughput
 from bench.scenarios.latency import sent_stamp
@@ -192,6 +199,15 @@ def test_stats_and_stamp_helpers() -> None:
     raw = orjson.dumps({"triggering_event": {"payload": {"sent": 1764030000.25}}})
     assert sent_stamp(raw) == 1764030000.25
     assert sent_stamp(b"{}") is None
+
+
+def test_scripted_commands_are_every_command_the_scripts_call() -> None:
+    """Their calls are in the script's own time: counted again under their names, they would
+    inflate ``redis_us_per_event`` (the dedupe marker's SET goes through the ``rcall`` alias,
+    DEL through ``batched``)."""
+    names = scripted_commands()
+    assert {"set", "del", "hgetall", "hmget", "hset", "xadd", "zadd", "sadd", "decr"} <= names
+    assert not names & {"xack", "xreadgroup", "xautoclaim", "evalsha", "xlen"}
 
 
 async def test_overload_quick_holds_publishers_back_and_recovers(bench: Bench) -> None:
