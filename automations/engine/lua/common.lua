@@ -58,9 +58,8 @@ end
 -- Bucket: s, e (window [s, e)), c (count), l/i (last event JSON and id, proactive only),
 -- lb (triggering labels JSON); in the table only: t (trigger id, so the timer can find the
 -- spec), u (key of the unresolved counter of a top-level proactive trigger, "" otherwise).
--- Redis keeps the fields of the hash; t and u are read off the bucket's key (each field of
--- a new bucket's HSET costs Redis about a microsecond, and the heavy mix opens several
--- buckets an event).
+-- Redis keeps the fields of the hash; t and u are read off the bucket's key, which holds
+-- both (a bucket is ~7% smaller without its copies: 861 bytes against 927).
 --
 -- Buckets go through a write-back cache for the length of one script call: each is read from
 -- Redis once and written once (flush, at the end of the script), however many events of the
