@@ -1,6 +1,7 @@
-"""A real Redis Cluster of a few masters on free loopback ports, for the test suite and the
-benchmarks: started (``redis-cli --cluster create``), its slots moved between masters while
-clients run (``reshard``, ``move_slot``), and stopped.
+"""A real Redis Cluster of a few masters (and optionally their replicas) on free loopback
+ports, for the test suite and the benchmarks: started (``redis-cli --cluster create``), its
+slots moved between masters while clients run (``reshard``, ``move_slot``), a master swapped
+with its replica as in a rolling maintenance (``failover``), and stopped.
 
 Waits have deadlines and poll (never a fixed sleep); every call returns once the cluster
 agrees on the change (``cluster_state:ok`` and one slot map on every node).
@@ -53,6 +54,13 @@ def _slot_map(node: redis.Redis) -> list[tuple[int, int, int]]:
     return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in ranges)
 
 
+def _roles(node: redis.Redis) -> list[tuple[int, str]]:
+    """(port, id of its master or "-") of every node, as ``node`` sees them."""
+    raw: str = node.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+    return sorted((int(f[1].split("@")[0].rpartition(":")[2]), f[3])
+                  for f in (line.split() for line in raw.splitlines()))
+
+
 def _deadline_poll(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -71,26 +79,35 @@ class ClusterTls:
 
 
 class LocalCluster:
-    """``masters`` ``redis-server --cluster-enabled yes`` in ``directory``, no replicas.
+    """``masters`` ``redis-server --cluster-enabled yes`` in ``directory``, each with
+    ``replicas`` replicas (none by default; ``servers`` holds all the nodes, masters first).
 
     With ``tls``, each node also serves TLS on a port of its own (``tls_ports``), and the
     cluster bus runs over TLS: a client that connects over TLS is told the nodes' TLS ports
     (``tls_url``). The plain ports stay open for the helpers here."""
 
     def __init__(self, directory: Path, masters: int = 3, extra: Sequence[str] = (),
-                 tls: ClusterTls | None = None) -> None:
+                 tls: ClusterTls | None = None, replicas: int = 0) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not on PATH (apt-get install -y redis-tools)")
+        if replicas and masters < 3:
+            raise ValueError("replicas need 3 masters or more (redis-cli --cluster create)")
         self.cli = cli
         self.tls = tls
-        self.tls_ports = [free_port() for _ in range(masters)] if tls else []
+        self.masters = masters
+        self.replicas = replicas
+        count = masters * (1 + replicas)
+        self.tls_ports = [free_port() for _ in range(count)] if tls else []
+        # a replica's first full sync starts at once, not after the default 5 s wait for others
+        sync = ["--repl-diskless-sync-delay", "0"] if replicas else []
         self.servers = [
             RedisServer(directory / f"node-{n}", extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-port", str(free_port()),  # else port + 10000: maybe taken, or > 65535
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *self._tls_args(n), *extra])
-            for n in range(masters)]
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *sync, *self._tls_args(n),
+                *extra])
+            for n in range(count)]
 
     def _tls_args(self, n: int) -> list[str]:
         if self.tls is None:
@@ -112,8 +129,9 @@ class LocalCluster:
 
     @property
     def urls(self) -> list[str]:
-        """One URL per master; any of them is a valid ``AUTOMATIONS_REDIS_URL``."""
-        return [s.url for s in self.servers]
+        """One URL per node created as a master; any of them is a valid
+        ``AUTOMATIONS_REDIS_URL`` (after a ``failover`` too: any node names the cluster)."""
+        return [s.url for s in self.servers[:self.masters]]
 
     @property
     def url(self) -> str:
@@ -137,10 +155,10 @@ class LocalCluster:
             if len(self.servers) < 3:
                 self._create_small()
             else:
-                subprocess.run(
+                subprocess.run(  # on one host, the first ``masters`` nodes become masters
                     [self.cli, "--cluster", "create",
                      *(f"127.0.0.1:{s.port}" for s in self.servers),
-                     "--cluster-replicas", "0", "--cluster-yes"],
+                     "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                     check=True, capture_output=True, text=True, timeout=READY_TIMEOUT_S)
             self.wait_ready()
         except BaseException:
@@ -173,8 +191,11 @@ class LocalCluster:
         self.stop()
 
     def flush(self) -> None:
-        """Remove every key on every master (between tests that share the cluster)."""
-        self._each(lambda node: node.flushall())
+        """Remove every key on every master (between tests that share the cluster); replicas
+        follow their masters (and refuse writes)."""
+        for master in self.nodes():
+            with self.client(master.port) as node:
+                node.flushall()
 
     # -- state ---------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -211,12 +232,19 @@ class LocalCluster:
         try:
             states = self._each(lambda node: node.cluster("INFO")["cluster_state"])
             maps = self._each(_slot_map)
+            views = self._each(_roles)
+            replication = self._each(lambda node: node.info("replication"))
         except redis.RedisError:
             return False
-        return all(s == "ok" for s in states) and all(m == maps[0] for m in maps)
+        linked = sum(r["role"] == "slave" and r.get("master_link_status") == "up"
+                     for r in replication)
+        return (all(s == "ok" for s in states) and all(m == maps[0] for m in maps)
+                and all(v == views[0] for v in views) and linked == self.masters * self.replicas)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Until every node says ``cluster_state:ok`` and all have one slot map."""
+        """Until every node says ``cluster_state:ok``, all have one slot map and one view
+        of who replicates whom, and every replica's link to its master is up (a manual
+        failover needs it)."""
         _deadline_poll(self._agreed, timeout_s, "cluster_state:ok on every node")
 
     # -- moving slots --------------------------------------------------------------------------
@@ -264,3 +292,36 @@ class LocalCluster:
         """A master that does not serve ``key`` now (where to move it)."""
         owner = self.owner(key_slot(key.encode()))
         return next(n for n in self.nodes() if n.id != owner.id)
+
+    # -- failover ------------------------------------------------------------------------------
+    def replica_of(self, master: Node) -> Node:
+        """A replica of ``master``, as ``master`` sees it."""
+        with self.client(master.port) as node:
+            lines: list[str] = node.execute_command("CLUSTER", "REPLICAS", master.id)
+        if not lines:
+            raise ClusterError(f"{master.address} has no replica")
+        fields = lines[0].split()
+        host, _, port = fields[1].split("@")[0].rpartition(":")
+        return Node(host or "127.0.0.1", int(port), fields[0])
+
+    def failover(self, master: Node, timeout_s: float = READY_TIMEOUT_S) -> Node:
+        """A manual failover, as in a rolling maintenance: ``CLUSTER FAILOVER`` on a replica
+        of ``master`` (which waits until the replica caught up, then swaps their roles).
+        Returns the new master once every node maps ``master``'s slots to it and ``master``
+        replicates it."""
+        replica = self.replica_of(master)
+        with self.client(replica.port) as node:
+            node.execute_command("CLUSTER", "FAILOVER")
+
+        def swapped() -> bool:
+            try:
+                with self.client(replica.port) as node:
+                    if node.info("replication")["role"] != "master":
+                        return False
+                    served = {port for *_, port in _slot_map(node)}
+            except redis.RedisError:
+                return False
+            return master.port not in served and self._agreed()
+
+        _deadline_poll(swapped, timeout_s, f"{replica.address} in place of {master.address}")
+        return replica

@@ -4,8 +4,9 @@ any test directory: import them into a ``conftest.py``
 
 ``redis_cluster`` is shared by the session (tests keep apart by key prefix, as on the single
 Redis); ``own_cluster`` is a private one for a test that moves slots in ways others must not
-see, or stops nodes. ``cluster_settings`` are the suite's usual fast settings pointed at the
-cluster (``AUTOMATIONS_REDIS_CLUSTER=true``, one node's URL, one partition per master), and
+see, or stops nodes; ``replicated_cluster`` a private one with a replica per master (for
+failovers). ``cluster_settings`` are the suite's usual fast settings pointed at the cluster
+(``AUTOMATIONS_REDIS_CLUSTER=true``, one node's URL, one partition per master), and
 ``cluster_redis`` the services' own client for them (``automations.connection.connect``).
 """
 
@@ -36,6 +37,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with LocalCluster(tmp_path / "cluster", MASTERS) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A private cluster whose masters have a replica each, for failovers."""
+    with LocalCluster(tmp_path / "cluster", MASTERS, replicas=1) as cluster:
         yield cluster
 
 
