@@ -88,7 +88,19 @@ class PartitionKeys:
 
     # markers
     def seen(self, event_id: str) -> str:
+        """An event's dedupe marker as versions before ``seen_ids`` wrote it (one key an
+        event): looked at for one ``dedupe_ttl_s`` after an installation's first start with
+        ``seen_ids`` (``layout.SEEN_IDS_SINCE``)."""
         return f"{self.base}:seen:{event_id}"
+
+    def seen_ids(self, slice_no: int) -> str:
+        """The ids of the events this partition evaluated in one time slice (a set: 96 bytes
+        an id against 165 for a key each, and one call a script for all its events)."""
+        return f"{self.seen_ids_prefix}{slice_no}"
+
+    @property
+    def seen_ids_prefix(self) -> str:
+        return f"{self.base}:seen-ids:"
 
     # trigger state
     def bucket(self, automation: str, trigger: str, key: str) -> str:

@@ -32,6 +32,9 @@ from automations.keys import Keys
 log = logging.getLogger(__name__)
 
 PARTITIONS_FIELD = "partitions"
+SEEN_IDS_SINCE = "seen_ids_since"
+"""When (s) the installation first ran with per-slice sets of evaluated ids
+(``engine/dedupe.py``); 0 for one that started with them: it has no one-key markers."""
 OLD_NAMES = (
     "automations", "automations:names", "automations:log", "automations:last-fired",
     "deployments", "deployments:names", "deployments:cursors", "blocks",
@@ -75,6 +78,9 @@ async def ensure_layout(redis: aioredis.Redis, keys: Keys) -> None:
     if recorded is None:
         if not isinstance(redis, RedisCluster):
             await migrate(redis, keys)
+        # a new installation (or one moved from the previous layout, whose markers are not
+        # moved) has no one-key dedupe markers to look at
+        await redis.hsetnx(keys.layout, SEEN_IDS_SINCE, 0)
         await redis.hsetnx(keys.layout, PARTITIONS_FIELD, keys.partitions)
         recorded = await redis.hget(keys.layout, PARTITIONS_FIELD)  # another process's, maybe
     if int(recorded) != keys.partitions:

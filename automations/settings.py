@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     )
     dedupe_ttl_s: int = Field(
         1800, ge=1,
-        description="How long an event id is remembered for deduplication (one key per event: "
-        "keep it above follows_wait_s and the redelivery time, and mind memory at high rates).",
+        description="How long an event id is remembered for deduplication, at least (ids are "
+        "kept in sets per half of it, up to 1.5 times it: keep it above follows_wait_s and the "
+        "redelivery time, and mind memory at high rates, ~90 bytes an event).",
     )
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Upper bound of the reconnect backoff when Redis is away."

@@ -13,6 +13,7 @@ import anyio
 from automations.connection import connect
 from automations.engine.engine import Engine
 from automations.keys import Keys
+from automations.layout import ensure_layout
 from automations.models import Automation
 from automations.service import settle_loaded_objects
 from bench.procs import (
@@ -31,6 +32,7 @@ async def main() -> None:
     settings = child_settings(args)
     keys = Keys.from_settings(settings)
     redis = connect(settings)
+    await ensure_layout(redis, keys)  # as a service's start does
     rss_before = own_rss()
     automations = [Automation.model_validate(a) for a in read_json(args.automations)]
     started = time.perf_counter()

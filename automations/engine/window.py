@@ -34,6 +34,7 @@ from typing import Any, Final
 import orjson
 import redis.asyncio as aioredis
 
+from automations.engine.dedupe import legacy_until_us, slices
 from automations.engine.outbox import ready_firing_json
 from automations.engine.specs import WindowSpec
 from automations.events import from_micros, micros, to_us, uuid7
@@ -71,10 +72,9 @@ TEMPLATE_FIELDS: Final = 7
 # travel apart, see ``Window.apply``. Positions, as apply.lua's E_* locals (1-based there):
 E_ID: Final = 0  # event id
 E_OCCURRED: Final = 1  # occurred (us)
-E_SEEN: Final = 2  # its dedupe key in the partition
-E_ASOF: Final = 3  # the events clock once it is counted (us, ``ordering``)
-E_READY: Final = 4  # firings the engine wrote for it (``add_ready``)
-E_OPS: Final = 5  # how many ops follow
+E_ASOF: Final = 2  # the events clock once it is counted (us, ``ordering``)
+E_READY: Final = 3  # firings the engine wrote for it (``add_ready``)
+E_OPS: Final = 4  # how many ops follow
 EventItem = list[Any]
 
 
@@ -124,10 +124,7 @@ class WindowBatch:
     def add_event(self, event_id: str, occurred_us: int, raw: bytes, asof_us: int) -> int:
         """Add an event; returns its number for ``add_op``. ``asof_us``: the events clock
         once it is counted."""
-        seen = self.keys.seen(event_id)
-        self.events.append([event_id, occurred_us, seen, asof_us, 0, 0])
-        if self.declare:
-            self.declared.append(seen)
+        self.events.append([event_id, occurred_us, asof_us, 0, 0])
         self.raws.append(raw)
         self.ready.append([])
         return len(self.events)
@@ -210,6 +207,7 @@ class Window:
             "held_keep": to_us(HELD_KEEP_S), "uttl": UNRESOLVED_TTL_S,
             "ttl": settings.dedupe_ttl_s,
         }
+        self._legacy_until_us: int | None = None  # dedupe.legacy_until_us, read once
 
     def __repr__(self) -> str:
         return f"Window(prefix={self.keys.prefix!r}, partitions={self.keys.partitions})"
@@ -243,11 +241,17 @@ class Window:
         part = batch.keys
         specs = ",".join(f'"{ref}":{json}' for ref, json in batch.specs.items())
         links = ",".join(f'"{ref}":{json}' for ref, json in batch.links.items())
+        seen = slices(part, now, self.settings.dedupe_ttl_s)
+        legacy = await self._legacy(now)
         keys = self._static_keys(part)
         if batch.declare:
-            keys += batch.declared
+            keys += [*seen.check, *batch.declared]
+            if legacy:
+                keys += [part.seen(event[E_ID]) for event in batch.events]
+        header = self._header(part, now, ss=seen.check, sc=seen.current, sx=seen.expire_s,
+                              lg=part.seen("") if legacy else "")
         reply: list[Any] = await self._apply(keys=keys, args=[
-            self._header(part, now), "{" + specs + "}",
+            header, "{" + specs + "}",
             orjson.dumps(list(chain.from_iterable(batch.events))),
             orjson.dumps(list(chain.from_iterable(batch.templates))), "{" + links + "}",
             *batch.raws,
@@ -255,6 +259,14 @@ class Window:
         ])
         fired, evaluated = reply  # apply.lua's reply, in order
         return ApplyResult(fired=int(fired), evaluated=int(evaluated))
+
+    async def _legacy(self, now: datetime) -> bool:
+        """Whether this call also writes and looks at the one-key dedupe markers of the
+        versions before (``dedupe``)."""
+        if self._legacy_until_us is None:
+            self._legacy_until_us = await legacy_until_us(
+                self.redis, self.keys, self.settings.dedupe_ttl_s, now)
+        return micros(now) < self._legacy_until_us
 
     async def events_clock(self, now: datetime) -> int:
         """The "as of" time (us) of now: now plus the events-clock offset (reference 3.7),

@@ -54,11 +54,16 @@ async def buckets(bench: Bench, count: int) -> list[Row]:
     await bench.redis.delete(keys.events)
     with_markers = await used_memory(bench)
     parts = keys.all_partitions
-    markers = sum([await count_keys(bench, part.seen("*")) for part in parts])
-    found = [key for part in parts
-             async for key in bench.redis.scan_iter(match=part.seen("*"), count=5000)]
-    for offset in range(0, len(found), 5000):
-        await bench.redis.unlink(*found[offset:offset + 5000])
+    # the evaluated ids: members of the partitions' per-slice sets (and one-key markers, which
+    # an installation of the versions before would also have for a while)
+    sets = [key for part in parts
+            async for key in bench.redis.scan_iter(match=f"{part.seen_ids_prefix}*", count=100)]
+    legacy = [key for part in parts
+              async for key in bench.redis.scan_iter(match=part.seen("*"), count=5000)]
+    markers = sum([int(await bench.redis.scard(key)) for key in sets]) + len(legacy)
+    found = sets + legacy
+    for offset in range(0, len(found), 5000):  # DEL, not UNLINK: a large set is freed later
+        await bench.redis.delete(*found[offset:offset + 5000])
     after = await used_memory(bench)
     opened = sum([await count_keys(bench, f"{part.base}:bucket:*") for part in parts])
     await bench.cleanup(prefix)

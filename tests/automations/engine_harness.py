@@ -16,6 +16,7 @@ from automations.engine.outbox import firings_of
 from automations.engine.timer import ProactiveTimer
 from automations.events import Event
 from automations.keys import Keys
+from automations.layout import ensure_layout
 from automations.models import Automation
 from automations.settings import Settings
 from automations.streams.publish import Publisher
@@ -85,6 +86,9 @@ class Harness:
         return self.engines[0]
 
     async def load(self, *automations: Automation) -> None:
+        """Load into every engine, on an installation recorded as the services record it
+        (``ensure_layout``: a new one, with no one-key dedupe markers to look at)."""
+        await ensure_layout(self.redis, self.keys)
         for engine in self.engines:
             await engine.load(automations)
 

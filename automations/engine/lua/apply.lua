@@ -10,7 +10,6 @@
 --   in evaluation order:
 --   E_ID              event id
 --   E_OCCURRED        occurred (us)
---   E_SEEN            its dedupe key in this partition
 --   E_ASOF            the events clock (us) once it is counted
 --   E_READY           how many firings the engine wrote for it (triggers keeping no state)
 --   E_OPS             how many ops follow
@@ -27,14 +26,17 @@
 -- ARGV[6 ..] the raw JSON of every event (passed apart: not escaped into ARGV[3]), then per
 --   event its ready firings (comma-joined JSON objects, "" if none), appended to its outbox
 --   entry if the event is new.
+-- Dedupe (engine/dedupe.py), header fields: `ss` the sets of evaluated ids looked at, `sc` the
+-- one this call adds to, `sx` its expiry (s from now), `lg` "" or the prefix of the one-key
+-- markers also written and looked at (the versions before's, for a while after an upgrade).
 -- KEYS: on a Redis Cluster every key the call touches (Redis then refuses the call as a whole
 -- while the partition's slot migrates); else the outbox alone, which names the slot.
 -- Returns {fired, evaluated}: evaluated counts the events new to this partition.
 local SPECS = cjson.decode(ARGV[2])
 local EVS = cjson.decode(ARGV[3])
 local TPL = cjson.decode(ARGV[4])
-local E_ID, E_OCCURRED, E_SEEN, E_ASOF, E_READY, E_OPS = 0, 1, 2, 3, 4, 5
-local E_FIELDS = 6
+local E_ID, E_OCCURRED, E_ASOF, E_READY, E_OPS = 0, 1, 2, 3, 4
+local E_FIELDS = 5
 local T_SPEC, T_BUCKET, T_LABELS, T_HELD, T_AFTER, T_EXPECT, T_UNRESOLVED = 1, 2, 3, 4, 5, 6, 7
 local TEMPLATE_FIELDS = 7
 local LINKS = cjson.decode(ARGV[5])
@@ -116,16 +118,50 @@ local function on_event(sp, key, lb, hk, u, ev)
   evaluate(sp, b, ev.t, ev)
 end
 
+-- The ids evaluated before (SEEN: id -> true), one SMISMEMBER a set for the call's events; the
+-- ids this call evaluates (ADDED) go into the current set after the loop.
+local SEEN, ADDED = {}, {}
+do
+  local ids = {}
+  local at = 1
+  while at <= #EVS do
+    ids[#ids + 1] = EVS[at + E_ID]
+    at = at + E_FIELDS + EVS[at + E_OPS]
+  end
+  for _, set in ipairs(H.ss) do
+    for i = 1, #ids, 1000 do
+      local j = math.min(i + 999, #ids)
+      local found = rcall('SMISMEMBER', set, unpack(ids, i, j))
+      for k = i, j do
+        if found[k - i + 1] == 1 then SEEN[ids[k]] = true end
+      end
+    end
+  end
+end
+local LEGACY = H.lg
+local SEEN_TTL = fmt(H.ttl)
+
+-- True once per id not evaluated before: it is then marked (and, while the one-key markers of
+-- the versions before are in use, their key set: one of them may have evaluated it).
+local function first_time(id)
+  if SEEN[id] then return false end
+  SEEN[id] = true
+  if LEGACY ~= '' and not rcall('SET', LEGACY .. id, '1', 'NX', 'EX', SEEN_TTL) then
+    return false
+  end
+  ADDED[#ADDED + 1] = id
+  return true
+end
+
 local evaluated = 0
 local globals_done = false
-local SEEN_TTL = fmt(H.ttl)  -- a number argument would be formatted per call
 local at, ei = 1, 0  -- EVS[at]: the first field of event ei + 1
 while at <= #EVS do
   ei = ei + 1
   local first, last = at + E_FIELDS, at + E_FIELDS + EVS[at + E_OPS] - 1  -- its ops
   local id, ready = EVS[at + E_ID], EVS[at + E_READY]
   local raw = ARGV[RAW_AT + ei]
-  if rcall('SET', EVS[at + E_SEEN], '1', 'NX', 'EX', SEEN_TTL) then
+  if first_time(id) then
     evaluated = evaluated + 1
     ASOF = EVS[at + E_ASOF]
     if not globals_done then ensure_globals(); globals_done = true end
@@ -148,4 +184,8 @@ while at <= #EVS do
 end
 
 flush()
+if #ADDED > 0 then
+  batched('SADD', H.sc, ADDED)
+  rcall('EXPIRE', H.sc, H.sx)
+end
 return {FIRED, evaluated}

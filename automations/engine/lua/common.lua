@@ -23,7 +23,7 @@
 --   lookback   us a first window is backdated by
 --   held_keep  us a held expect event outlives its window
 --   uttl       s an unresolved proactive firing waits for its resolution
---   ttl        s an event stays marked seen
+--   ttl        s a one-key dedupe marker lives (the versions before's, engine/dedupe.py)
 --   asof       tick.lua only: the events clock "as of" time (us)
 -- Spec fields (sp.a, sp.th, sp.ch...) are listed in automations/engine/specs.py.
 -- Library functions the hot paths call, as locals (a global is a table lookup per use).
