@@ -72,16 +72,20 @@ async def measure(
 
 def redis_cost_row(row: Row) -> Row:
     """Issue 16's heavy-mix target: Redis microseconds an event at 1,000 automations (judged
-    there only; the quick run's smaller mix reports the figure without a verdict)."""
+    there only; the quick run's smaller mix reports the figure without a verdict), on what
+    an event costs in a steady flow: with the read-back of the engine's own announcements
+    when the drain measured it, else the backlog's figure."""
     us = row["redis_us_per_event"]
+    steady = row.get("redis_us_per_event_with_readback")
+    judged = steady if steady is not None else us
     return {
         "scenario": "throughput",
         "case": f"Redis us per event (INFO commandstats), {row['automations']:,} automations",
         "automations": row["automations"], "active_automations": row["active_automations"],
         "redis_us_per_event": us, "redis_cpu_us_per_event": row["redis_cpu_us_per_event"],
         "redis_us_per_event_with_readback": row.get("redis_us_per_event_with_readback"),
-        "target": f"<= {TARGET_REDIS_US:g} us at {HEAVY_MIX:,}",
-        "target_met": us is not None and us <= TARGET_REDIS_US
+        "target": f"<= {TARGET_REDIS_US:g} us at {HEAVY_MIX:,} (with the read-back)",
+        "target_met": judged is not None and judged <= TARGET_REDIS_US
         if row["automations"] == HEAVY_MIX else None,
     }
 
