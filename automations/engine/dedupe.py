@@ -4,8 +4,8 @@ The apply script skips an event whose id is in the set of the current slice, of 
 after (an engine whose clock runs ahead writes there) or of the two before, and adds the ids
 it evaluates to the current one, in one call for all its events. A slice is half of
 ``dedupe_ttl_s`` and its set expires two slices after the slice ends, so an id is remembered
-at least ``dedupe_ttl_s`` and at most 1.5 times that: 96 bytes of Redis an id, against 165
-for the key an event that versions before wrote (``PartitionKeys.seen``).
+at least ``dedupe_ttl_s`` and at most 1.5 times that: about 90 bytes of Redis an id, against
+143 for the key an event that versions before wrote (``PartitionKeys.seen``).
 
 Those keys are still written and looked at for one ``dedupe_ttl_s`` after an installation
 first runs this code (``SEEN_IDS_SINCE`` in ``keys.layout``): an entry redelivered across
