@@ -47,7 +47,7 @@ from automations.keys import ENGINE_GROUP, Keys
 from automations.metrics import current_metrics
 from automations.models import Automation
 from automations.settings import Settings
-from automations.streams.consumer import StreamConsumer, stop_when_set
+from automations.streams.consumer import StreamConsumer, run_restarting, stop_when_set
 from automations.streams.entries import Entry, Reject
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class Engine:
                                    resource_of=self._loaded.resources.get)
         self._intake = Intake(self._planner, settings, self.ordering.waits)
         self._ahead: Batch | None = None  # the next batch, decoded and matched (look_ahead)
+        self._stopped: anyio.Event | None = None  # set by stop() while run() runs
         self._decisions = DecisionLog(redis, self.keys, settings) if settings.decision_log \
             else None
         self.events = 0
@@ -153,7 +154,10 @@ class Engine:
     async def run(self, stopping: anyio.Event | None = None) -> None:
         """Consume until ``stop()`` (or ``stopping``); held followers past ``follows_wait_s``
         are released alongside, and the announcer publishes the firings' events. Both
-        consumers finish the batch in hand."""
+        consumers finish the batch in hand. An error the events consumer does not take for
+        an outage (redis-py's cluster client can raise an AttributeError while it reconnects
+        a failed-over node) restarts it after a backoff, as the announcer's consumers are."""
+        self._stopped = anyio.Event()  # ends a restart's backoff as soon as stop() is called
         async with anyio.create_task_group() as tg:
             if stopping is not None:
                 tg.start_soon(stop_when_set, stopping, self.stop)
@@ -161,7 +165,7 @@ class Engine:
                 work.start_soon(self.announcer.run)
                 async with anyio.create_task_group() as releasing:
                     releasing.start_soon(self._release_loop)
-                    await self._consumer.run()
+                    await run_restarting(self._consumer, self._stopped)
                     releasing.cancel_scope.cancel()
                 self.announcer.stop()
             tg.cancel_scope.cancel()
@@ -169,6 +173,8 @@ class Engine:
     def stop(self) -> None:
         self._consumer.stop()
         self.announcer.stop()
+        if self._stopped is not None:
+            self._stopped.set()
 
     @property
     def failed_batches(self) -> int:

@@ -119,6 +119,9 @@ class StreamConsumer:
                                         cap_s=settings.reconnect_max_s, logger=log,
                                         outage=self._outage)
         self._last_error: dict[str, str] = {}
+        # entry id -> times its batch failed in an outage: each failure reads the batch again,
+        # which Redis counts as a delivery, but says nothing against the entry
+        self._outage_retries: dict[str, int] = {}
         self._dead_letters = DeadLetters(redis, stream=stream, group=group,
                                          consumer=self.consumer, dead_stream=dead_stream)
 
@@ -324,8 +327,9 @@ class StreamConsumer:
     async def _process(self, entries: list[Entry]) -> None:
         """Dead-letter the over-delivered, run the handler, ack the batch (or keep it pending)."""
         limit = self.settings.max_deliveries
-        exhausted = [e for e in entries if e.deliveries > limit]
+        exhausted = [e for e in entries if self._counted(e) > limit]
         if exhausted:
+            self._forget_retries(exhausted)
             await self._dead_letter([
                 Reject(e, self._last_error.pop(e.id, f"delivered {e.deliveries - 1} times "
                                                       "without being acknowledged"))
@@ -353,6 +357,17 @@ class StreamConsumer:
         if self._last_error:  # empty unless a batch failed
             for e in entries:
                 self._last_error.pop(e.id, None)
+        self._forget_retries(entries)
+
+    def _counted(self, entry: Entry) -> int:
+        """The deliveries that count against ``entry`` (``max_deliveries``): those of its
+        batch's reads that an outage did not fail."""
+        return entry.deliveries - self._outage_retries.get(entry.id, 0)
+
+    def _forget_retries(self, entries: Sequence[Entry]) -> None:
+        if self._outage_retries:  # empty unless an outage failed a batch
+            for e in entries:
+                self._outage_retries.pop(e.id, None)
 
     async def _handler_failed(self, entries: list[Entry], exc: Exception) -> None:
         """Keep the batch pending for a retry after a backoff; give up on exhausted entries."""
@@ -365,12 +380,16 @@ class StreamConsumer:
         limit = self.settings.max_deliveries
         # An outage (or a cluster slot in migration) says nothing against the entries: they
         # wait for Redis, however many times they were delivered meanwhile.
+        if outage:
+            for e in entries:
+                self._outage_retries[e.id] = self._outage_retries.get(e.id, 0) + 1
         given_up = [] if outage else [Reject(e, reason) for e in entries
-                                      if e.deliveries >= limit]
+                                      if self._counted(e) >= limit]
         if given_up:
+            self._forget_retries([r.entry for r in given_up])
             await self._dead_letter(given_up)
         for e in entries:
-            if e.deliveries < limit:
+            if self._counted(e) < limit:
                 self._last_error[e.id] = reason
         self._own_pending = True
         # An outage is reported by the backoff (once); a bug above, with its traceback.

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
+from redis import exceptions as redis_exceptions
 
 from automations.dispatch.dispatcher import Dispatcher
 from automations.engine.engine import Engine
@@ -137,6 +138,32 @@ async def test_outage_in_a_handler_logs_one_line_and_keeps_entries_pending(
     assert calls == 2
     [record] = [r for r in caplog.records if "Redis unreachable" in r.message]  # one line
     assert record.exc_info is None
+
+
+async def test_an_outage_longer_than_max_deliveries_dead_letters_nothing(
+    redis: aioredis.Redis, settings: Settings, keys: Keys
+) -> None:
+    """Each batch an outage failed is read again (a delivery to Redis), but only failures
+    outside an outage count against ``max_deliveries``: after the outage the batch goes
+    through, and a real failure then still has its retries."""
+    settings = settings.model_copy(update={"max_deliveries": 3})
+    outages = 5
+
+    async def handler(entries: list[Entry]) -> None:
+        nonlocal outages
+        if outages:
+            outages -= 1
+            raise redis_exceptions.ConnectionError("gone")
+        await recorder(entries)
+
+    recorder = Recorder(fail_times=2)  # then two real failures: under the limit of 3
+    await add(redis, keys.events, 2)
+    c = consumer(redis, settings, handler)
+    assert await c.run_until_idle() == 2
+    assert [[e.deliveries for e in b] for b in recorder.batches] == [[6, 6], [7, 7], [8, 8]]
+    assert await redis.xlen(keys.dead(keys.events)) == 0
+    assert await pending(redis, keys.events) == 0
+    assert c.dead == 0
 
 
 async def test_dead_letter_after_max_deliveries_keeps_entry_error_and_count(

@@ -244,3 +244,35 @@ async def test_a_running_engine_reads_a_backlog_ahead_and_loses_nothing(
     assert [f[b"event_id"].decode() for _, f in logged] == [str(e.id) for e in events]
     firings = await h.firings()
     assert sorted(event_ids(firings)) == sorted(str(e.id) for e in events[10:15])
+
+
+async def test_an_unexpected_error_of_the_events_consumer_restarts_it(
+    h: Harness, settings: Settings, redis: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error the consumer does not take for an outage (redis-py's cluster client raised an
+    AttributeError while reconnecting a failed-over node) restarts the events consumer; the
+    engine's run goes on and evaluates what comes next."""
+    a = automation(reactive())
+    await h.load(a)
+    engine = Engine(redis, settings, clock=h.clock)
+    await engine.load([a])
+    consumer = engine._consumer
+    real_read = consumer._read
+    failed = 0
+
+    async def read(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failed
+        if not failed:
+            failed += 1
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+        return await real_read(*args, **kwargs)
+
+    consumer._read = read  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine.run)
+        await h.publisher.publish([event(FAILED, 1)])
+        await wait_until(lambda: engine.fired >= 1, timeout=15)
+        engine.stop()
+    assert failed == 1
+    assert any("failed; restarting it" in r.message for r in caplog.records)
+    assert len(await h.firings()) == 1
