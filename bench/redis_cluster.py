@@ -1,10 +1,11 @@
 """A real Redis Cluster of a few masters (and optionally their replicas) on free loopback
 ports, for the test suite and the benchmarks: started (``redis-cli --cluster create``), its
 slots moved between masters while clients run (``reshard``, ``move_slot``), a master swapped
-with its replica as in a rolling maintenance (``failover``), and stopped.
+with its replica as in a rolling maintenance (``failover``), a master killed (``kill``) and its
+replica promoted by the cluster itself (``wait_promoted``), and stopped.
 
 Waits have deadlines and poll (never a fixed sleep); every call returns once the cluster
-agrees on the change (``cluster_state:ok`` and one slot map on every node).
+agrees on the change (``cluster_state:ok`` and one slot map on every live node).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class LocalCluster:
         self.tls = tls
         self.masters = masters
         self.replicas = replicas
+        self.dead: set[int] = set()  # ports of the nodes ``kill`` ended
         count = masters * (1 + replicas)
         self.tls_ports = [free_port() for _ in range(count)] if tls else []
         # a replica's first full sync starts at once, not after the default 5 s wait for others
@@ -140,9 +142,18 @@ class LocalCluster:
     def client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
 
+    @property
+    def live(self) -> list[RedisServer]:
+        """The servers not killed (``kill``)."""
+        return [s for s in self.servers if s.port not in self.dead]
+
+    def _first(self) -> redis.Redis:
+        """A client of the first live node (the one asked about the cluster's state)."""
+        return self.client(self.live[0].port)
+
     def _each(self, fn: Callable[[redis.Redis], Any]) -> list[Any]:
         out = []
-        for server in self.servers:
+        for server in self.live:
             with self.client(server.port) as node:
                 out.append(fn(node))
         return out
@@ -199,20 +210,21 @@ class LocalCluster:
 
     # -- state ---------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
-        """The masters, as the first node sees them."""
-        with self.client(self.servers[0].port) as first:
+        """The live masters, as the first live node sees them."""
+        with self._first() as first:
             raw: str = first.execute_command("CLUSTER", "NODES")
         found = []
         for line in raw.splitlines():
             fields = line.split()
-            if "master" in fields[2].split(","):
-                host, _, port = fields[1].split("@")[0].rpartition(":")
+            flags = fields[2].split(",")
+            host, _, port = fields[1].split("@")[0].rpartition(":")
+            if "master" in flags and "fail" not in flags and int(port) not in self.dead:
                 found.append(Node(host or "127.0.0.1", int(port), fields[0]))
         return sorted(found, key=lambda n: n.port)
 
     def owner(self, slot: int) -> Node:
         """The master that serves ``slot`` now."""
-        with self.client(self.servers[0].port) as first:
+        with self._first() as first:
             ranges = first.execute_command("CLUSTER", "SLOTS")
         for low, high, master, *_ in ranges:
             if int(low) <= slot <= int(high):
@@ -222,7 +234,7 @@ class LocalCluster:
     def slot_counts(self) -> dict[str, int]:
         """Slots per master (by address)."""
         counts = {n.address: 0 for n in self.nodes()}
-        with self.client(self.servers[0].port) as first:
+        with self._first() as first:
             ranges = first.execute_command("CLUSTER", "SLOTS")
         for low, high, master, *_ in ranges:
             counts[f"{master[0] or '127.0.0.1'}:{master[1]}"] += int(high) - int(low) + 1
@@ -236,16 +248,21 @@ class LocalCluster:
             replication = self._each(lambda node: node.info("replication"))
         except redis.RedisError:
             return False
-        linked = sum(r["role"] == "slave" and r.get("master_link_status") == "up"
-                     for r in replication)
+        replicas = [r for r in replication if r["role"] == "slave"]
+        # before a kill, every replica the cluster was created with; after one, the promoted
+        # replicas are masters and those of a dead master wait for nothing
+        linked = all(r.get("master_link_status") == "up"
+                     and int(r.get("master_port", 0)) not in self.dead for r in replicas)
+        expected = bool(self.dead) or len(replicas) == self.masters * self.replicas
         return (all(s == "ok" for s in states) and all(m == maps[0] for m in maps)
-                and all(v == views[0] for v in views) and linked == self.masters * self.replicas)
+                and not {port for *_, port in maps[0]} & self.dead
+                and all(v == views[0] for v in views) and linked and expected)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Until every node says ``cluster_state:ok``, all have one slot map and one view
-        of who replicates whom, and every replica's link to its master is up (a manual
-        failover needs it)."""
-        _deadline_poll(self._agreed, timeout_s, "cluster_state:ok on every node")
+        """Until every live node says ``cluster_state:ok``, all have one slot map (no slot
+        served by a killed node) and one view of who replicates whom, and every live replica's
+        link to its master is up (a manual failover needs it)."""
+        _deadline_poll(self._agreed, timeout_s, "cluster_state:ok on every live node")
 
     # -- moving slots --------------------------------------------------------------------------
     def reshard(self, source: Node, target: Node, slots: int) -> None:
@@ -325,3 +342,36 @@ class LocalCluster:
 
         _deadline_poll(swapped, timeout_s, f"{replica.address} in place of {master.address}")
         return replica
+
+    # -- a dying master ------------------------------------------------------------------------
+    def kill(self, master: Node) -> Node:
+        """SIGKILL ``master``'s ``redis-server`` (no handover: what it acknowledged but had not
+        replicated yet is gone). Returns its replica, which the cluster promotes by itself once
+        the other masters find ``master`` unreachable for ``NODE_TIMEOUT_MS``
+        (``wait_promoted``). The process is reaped here, so ``stop`` passes over it."""
+        replica = self.replica_of(master)
+        server = next(s for s in self.servers if s.port == master.port)
+        if server.proc is None:
+            raise ClusterError(f"{master.address} is not running")
+        server.proc.kill()
+        server.proc.wait(5)
+        self.dead.add(master.port)
+        return replica
+
+    def wait_promoted(self, replica: Node, timeout_s: float = READY_TIMEOUT_S) -> float:
+        """Until ``replica`` is a master serving slots and every live node agrees on it
+        (``wait_ready``); returns the seconds waited."""
+        started = time.monotonic()
+
+        def promoted() -> bool:
+            try:
+                with self.client(replica.port) as node:
+                    if node.info("replication")["role"] != "master":
+                        return False
+                    served = {port for *_, port in _slot_map(node)}
+            except redis.RedisError:
+                return False
+            return replica.port in served and self._agreed()
+
+        _deadline_poll(promoted, timeout_s, f"{replica.address} promoted")
+        return time.monotonic() - started

@@ -61,8 +61,8 @@ class Flow:
         while not self.stop.is_set():
             firsts = [self._event(f"r{n}.{i}") for i in range(PAIRS_PER_ROUND)]
             seconds = [self._event(f"r{n}.{i}") for i in range(PAIRS_PER_ROUND)]
-            await publisher.publish(firsts)  # retried by the client through the move
-            await publisher.publish(seconds)
+            await self.send(publisher, firsts)
+            await self.send(publisher, seconds)
             for first, second in zip(firsts, seconds, strict=True):
                 resource = second.resource["prefect.resource.id"]
                 self.resources.append(resource)
@@ -71,6 +71,9 @@ class Flow:
             self.rounds += 1
             n += 1
             await anyio.sleep(0.005)
+
+    async def send(self, publisher: Publisher, events: list[Event]) -> None:
+        await publisher.publish(events)  # retried by the client through the move
 
     @staticmethod
     def _event(resource: str) -> Event:
