@@ -331,17 +331,22 @@ class LocalCluster:
             node.execute_command("CLUSTER", "FAILOVER")
 
         def swapped() -> bool:
-            try:
-                with self.client(replica.port) as node:
-                    if node.info("replication")["role"] != "master":
-                        return False
-                    served = {port for *_, port in _slot_map(node)}
-            except redis.RedisError:
-                return False
-            return master.port not in served and self._agreed()
+            served = self._served_by_master(replica)
+            return served is not None and master.port not in served and self._agreed()
 
         _deadline_poll(swapped, timeout_s, f"{replica.address} in place of {master.address}")
         return replica
+
+    def _served_by_master(self, node: Node) -> set[int] | None:
+        """The ports serving slots as ``node`` sees them, once ``node`` is a master (``None``
+        before, or while it does not answer)."""
+        try:
+            with self.client(node.port) as client:
+                if client.info("replication")["role"] != "master":
+                    return None
+                return {port for *_, port in _slot_map(client)}
+        except redis.RedisError:
+            return None
 
     # -- a dying master ------------------------------------------------------------------------
     def kill(self, master: Node) -> Node:
@@ -364,14 +369,8 @@ class LocalCluster:
         started = time.monotonic()
 
         def promoted() -> bool:
-            try:
-                with self.client(replica.port) as node:
-                    if node.info("replication")["role"] != "master":
-                        return False
-                    served = {port for *_, port in _slot_map(node)}
-            except redis.RedisError:
-                return False
-            return replica.port in served and self._agreed()
+            served = self._served_by_master(replica)
+            return served is not None and replica.port in served and self._agreed()
 
         _deadline_poll(promoted, timeout_s, f"{replica.address} promoted")
         return time.monotonic() - started
