@@ -127,8 +127,8 @@ def test_since_and_until_select_stream_entries(cli: Any, settings: Settings,
     last: Any = client.xrevrange(keys.events, count=1)
     last_ms = int(last[0][0].split(b"-")[0])
     deadline = time.monotonic() + 5
-    while time.time() * 1000 <= last_ms + 1 and time.monotonic() < deadline:
-        time.sleep(0.001)  # the next entry gets a later millisecond
+    while time.time() * 1000 < last_ms + 2 and time.monotonic() < deadline:
+        time.sleep(0.001)  # the next entries get a millisecond after the cutoff's
     emit_many([failed("b"), failed("b")], settings=settings)
     cutoff = datetime.fromtimestamp((last_ms + 1) / 1000, UTC).isoformat()
     path = spec(tmp_path, TWO_FAILURES)
