@@ -102,15 +102,20 @@ def refusals(cluster: LocalCluster) -> int:
     return total
 
 
+def pair_automations() -> list[Automation]:
+    """``AUTOMATIONS`` automations that fire on the second ``load`` event of a resource."""
+    return [
+        automation({"posture": "Reactive", "expect": ["load"], "threshold": 2, "within": 600,
+                    "for_each": ["prefect.resource.id"]}, name=f"pair-{i}")
+        for i in range(AUTOMATIONS)]
+
+
 async def run_with_migration(cluster: LocalCluster, settings: Settings,
                              migrate: Callable[[Flow, Keys], None], *,
                              refusals_expected: bool = False) -> None:
     redis = connect(settings)
     keys = Keys.from_settings(settings)
-    pairs = [
-        automation({"posture": "Reactive", "expect": ["load"], "threshold": 2, "within": 600,
-                    "for_each": ["prefect.resource.id"]}, name=f"pair-{i}")
-        for i in range(AUTOMATIONS)]
+    pairs = pair_automations()
     counters = one_per_partition(keys)
     automations = pairs + list(counters.values())
     await redis.xgroup_create(keys.events, ENGINE_GROUP, id="0", mkstream=True)

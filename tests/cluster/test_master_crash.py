@@ -46,12 +46,12 @@ from automations.models import Automation
 from automations.settings import Settings
 from automations.streams.publish import Publisher
 from bench.redis_cluster import LocalCluster
-from tests.automations.engine_harness import automation
 from tests.cluster.test_engine_migration import (
     AUTOMATIONS,
     Flow,
     counts,
     one_per_partition,
+    pair_automations,
     read_firings,
 )
 from tests.cluster.test_failover import announced
@@ -222,10 +222,7 @@ async def run_with_crash(cluster: LocalCluster, settings: Settings, victim_key: 
     and its replica promoted; then publishing stops and everything left is evaluated."""
     redis = connect(settings)
     keys = Keys.from_settings(settings)
-    pairs = [
-        automation({"posture": "Reactive", "expect": ["load"], "threshold": 2, "within": 600,
-                    "for_each": ["prefect.resource.id"]}, name=f"pair-{i}")
-        for i in range(AUTOMATIONS)]
+    pairs = pair_automations()
     counters = one_per_partition(keys)
     await redis.xgroup_create(keys.events, ENGINE_GROUP, id="0", mkstream=True)
     engines = SupervisedEngines(redis, settings, pairs + list(counters.values()))
