@@ -30,6 +30,16 @@ MIGRATE_TIMEOUT_MS = 5000
 POLL_S = 0.05
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """``count`` free loopback ports, no two the same."""
+    found: list[int] = []
+    while len(found) < count:
+        port = free_port()
+        if port not in found:
+            found.append(port)
+    return found
+
+
 class ClusterError(RuntimeError):
     """The cluster could not be created or changed in time."""
 
@@ -100,13 +110,17 @@ class LocalCluster:
         self.replicas = replicas
         self.dead: set[int] = set()  # ports of the nodes ``kill`` ended
         count = masters * (1 + replicas)
-        self.tls_ports = [free_port() for _ in range(count)] if tls else []
+        # every port the nodes listen on, distinct: the OS may hand a closed probe's port out
+        # again, and with six nodes (twelve ports, more with TLS) two picks did collide
+        ports = distinct_free_ports(count * (3 if tls else 2))
+        self.tls_ports = ports[2 * count:] if tls else []
         # a replica's first full sync starts at once, not after the default 5 s wait for others
         sync = ["--repl-diskless-sync-delay", "0"] if replicas else []
         self.servers = [
-            RedisServer(directory / f"node-{n}", extra=[
+            RedisServer(directory / f"node-{n}", port=ports[n], extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-port", str(free_port()),  # else port + 10000: maybe taken, or > 65535
+                # else port + 10000: maybe taken, or > 65535
+                "--cluster-port", str(ports[count + n]),
                 "--cluster-node-timeout", str(NODE_TIMEOUT_MS), *sync, *self._tls_args(n),
                 *extra])
             for n in range(count)]
